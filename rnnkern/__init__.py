@@ -1,0 +1,21 @@
+"""rnnkern: accelerated recurrent-network kernels for array users.
+
+NumPy arrays run on Numba-jitted CPU kernels, CuPy arrays on CUDA kernels,
+arrays of any other array-API library on a plain (slow, correct) array-API
+path.  The layers follow ``torch.nn.RNN/LSTM/GRU``: same shapes, gate order,
+parameter names and semantics.
+
+>>> import numpy as np, rnnkern as rk
+>>> lstm = rk.LSTM(8, 16, num_layers=2, seed=0)
+>>> y, (h, c), tape = lstm.forward(np.zeros((5, 3, 8), np.float32))
+>>> dx, (dh0, dc0), grads = lstm.backward(np.ones_like(y), tape)
+"""
+
+from .cells import CELLS, Cell, cell_for
+from .dispatch import backend_name, namespace_of
+from .layers import GRU, LSTM, RNN, Tape
+
+__version__ = "0.1.0"
+
+__all__ = ["RNN", "LSTM", "GRU", "Tape", "Cell", "CELLS", "cell_for",
+           "namespace_of", "backend_name", "__version__"]

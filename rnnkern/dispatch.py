@@ -1,0 +1,65 @@
+"""Dispatch: the array types decide the backend.
+
+``namespace_of(*arrays)`` returns the array-API namespace shared by all the
+arrays (NumPy and CuPy come back as their array-api-compat wrappers) and raises
+one clear TypeError when they mix libraries or devices.  ``backend_name(xp)``
+maps that namespace to ``"numpy"`` (Numba kernels), ``"cupy"`` (CUDA kernels)
+or ``"generic"`` (plain array-API code, slow but correct).
+
+Nothing here imports CuPy: array-api-compat recognises CuPy arrays by looking
+the class up in ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import array_api_compat
+
+__all__ = ["namespace_of", "backend_name", "describe"]
+
+
+def describe(a) -> str:
+    """Short description of an argument for error messages."""
+    t = type(a)
+    shape = getattr(a, "shape", None)
+    dtype = getattr(a, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{t.__module__}.{t.__qualname__} of shape {tuple(shape)} and dtype {dtype}"
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def namespace_of(*arrays, names=None):
+    """Return the array-API namespace of ``arrays`` (``None`` entries skipped).
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array, or the arrays come from different
+        libraries or live on different devices.
+    """
+    names = names or [f"argument {k}" for k in range(len(arrays))]
+    present = [(n, a) for n, a in zip(names, arrays) if a is not None]
+    for name, a in present:
+        if not array_api_compat.is_array_api_obj(a):
+            raise TypeError(f"{name}: expected an array (NumPy, CuPy or another "
+                            f"array-API library), got {describe(a)}")
+    try:
+        xp = array_api_compat.array_namespace(*(a for _, a in present))
+    except TypeError:
+        kinds = ", ".join(f"{n}: {describe(a)}" for n, a in present)
+        raise TypeError(f"arrays must all come from one array library; got {kinds}") from None
+    devices = {}
+    for name, a in present:
+        devices.setdefault(str(array_api_compat.device(a)), name)
+    if len(devices) > 1:
+        kinds = ", ".join(f"{n} on {d}" for d, n in devices.items())
+        raise TypeError(f"Input arrays use different devices: {kinds}")
+    return xp
+
+
+def backend_name(xp) -> str:
+    """``"numpy"``, ``"cupy"`` or ``"generic"`` for an array namespace."""
+    if array_api_compat.is_numpy_namespace(xp):
+        return "numpy"
+    if array_api_compat.is_cupy_namespace(xp):
+        return "cupy"
+    return "generic"

@@ -1,0 +1,110 @@
+"""Argument checks shared by the public entry points.
+
+Every check raises ValueError (wrong value or shape) or TypeError (wrong kind
+or dtype) with a message that names the argument, what was expected and what
+came.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .dispatch import describe
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def dtype_name(dtype) -> str:
+    """Canonical name ("float32") of a dtype given as a string or dtype object."""
+    name = getattr(dtype, "name", None) or str(dtype)
+    return name.rsplit(".", 1)[-1]
+
+
+def check_float_dtype(name, dtype_like) -> str:
+    """Check a layer dtype argument; return "float32" or "float64"."""
+    try:
+        canonical = np.dtype(dtype_like).name
+    except TypeError:
+        canonical = dtype_name(dtype_like)
+    if canonical not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected one of {FLOAT_DTYPES}, got {dtype_like!r}")
+    return canonical
+
+
+def check_positive_int(name, value, minimum=1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_bool(name, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def check_array(name, a, ndim, dtype, shape=None):
+    """Check ndim, dtype (a canonical name) and, where given, the shape.
+
+    ``shape`` may hold ``None`` for axes that can take any size; sizes of
+    zero are refused.
+    """
+    if a.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name}: expected a {ndim}-D array, got {describe(a)}")
+    got = dtype_name(a.dtype)
+    if got != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the layer's dtype), got {describe(a)}")
+    if shape is not None and any(e is not None and e != s for e, s in zip(shape, a.shape)):
+        want = tuple("*" if e is None else e for e in shape)
+        raise ValueError(f"{name}: expected shape {want}, got {describe(a)}")
+    if any(s == 0 for s in a.shape):
+        raise ValueError(f"{name}: expected no empty axis, got {describe(a)}")
+
+
+def host_lengths(lengths, batch, steps, xp):
+    """Validate ``lengths`` and return them as a host ``np.int64`` array.
+
+    Accepts a sequence of Python/NumPy integers or an integer array of the
+    inputs' own library, as torch's ``pack_padded_sequence`` does.
+    """
+    if hasattr(lengths, "__array_namespace__") and not isinstance(lengths, np.ndarray):
+        if "int" not in dtype_name(lengths.dtype):
+            raise TypeError(f"lengths: expected integers, got {describe(lengths)}")
+        if getattr(lengths, "ndim", None) != 1:
+            raise ValueError(f"lengths: expected a 1-D array of {batch} integers, "
+                             f"got {describe(lengths)}")
+        values = np.asarray([int(v) for v in _to_host_list(lengths, xp)], dtype=np.int64)
+    else:
+        try:
+            values = np.asarray(lengths)
+        except Exception:   # ragged nesting and the like
+            raise TypeError(f"lengths: expected a sequence of integers, got {lengths!r}") from None
+        if values.dtype == object or not (np.issubdtype(values.dtype, np.integer)
+                                          or values.size == 0):
+            raise TypeError(f"lengths: expected integers, got {describe(values)}")
+        if values.ndim != 1:
+            raise ValueError(f"lengths: expected a 1-D sequence of {batch} integers, "
+                             f"got shape {values.shape}")
+        values = values.astype(np.int64)
+    if values.shape[0] != batch:
+        raise ValueError(f"lengths: expected {batch} lengths (one per batch element), "
+                         f"got {values.shape[0]}")
+    bad = (values < 1) | (values > steps)
+    if bad.any():
+        raise ValueError(f"lengths: expected every length in [1, {steps}] (the time axis), "
+                         f"got {values[bad][:5].tolist()}")
+    return values
+
+
+def _to_host_list(a, xp):
+    # CuPy: one device-to-host copy; others: DLPack first, then element-wise.
+    if hasattr(a, "get"):
+        return a.get().tolist()
+    try:
+        return np.from_dlpack(a).tolist()
+    except Exception:
+        return [int(a[k]) for k in range(a.shape[0])]
