@@ -154,6 +154,17 @@ def tanh(x):
     return one(x) - (one(x) + one(x)) / (fast_exp(x + x) + one(x))
 
 
+@nb.njit(**JIT)
+def gemm(a, b, out):
+    """out = a @ b through the BLAS Numba links (SciPy's).
+
+    The backend sends every GEMM here, not to NumPy's matmul: NumPy and SciPy
+    each bundle an OpenBLAS with its own thread pool, and workers of one that
+    keep spinning after a call were measured stealing the cores of the other.
+    """
+    np.dot(a, b, out)
+
+
 # ----------------------------------------------------------------------------
 # Fused forward steps, one batch row each.
 #   gx, gh, b_hh, gates: (G*H,)   h, c, y: (H,)   h and c are updated in place.

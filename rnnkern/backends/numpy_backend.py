@@ -17,15 +17,22 @@ from rnnkern.kernels import numba_rnn
 
 
 def _rows(a):
-    """(T, B, F) -> (T*B, F) without copying when possible."""
-    return a.reshape(-1, a.shape[-1])
+    """(T, B, F) -> (T*B, F), C-contiguous (copies only when it must)."""
+    return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
+
+
+def _matmul(a, b):
+    """a @ b on the one BLAS the Numba kernels use (see numba_rnn.gemm)."""
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    numba_rnn.gemm(a, b, out)
+    return out
 
 
 def forward_direction(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse):
     T, B, _ = x.shape
     GH, H = w_hh.shape
     dtype = x.dtype
-    gx = (_rows(x) @ w_ih.T).reshape(T, B, GH)
+    gx = _matmul(_rows(x), w_ih.T).reshape(T, B, GH)
     gx += b_ih
     lengths = (np.full(B, T, np.int32) if lengths is None
                else np.ascontiguousarray(lengths, dtype=np.int32))
@@ -60,8 +67,8 @@ def backward_direction(cell, dy, dh_n, dc_n, saved):
         saved["gates"], saved["gh_n"], h_prev, saved["c_prev"], saved["lengths"],
         saved["reverse"], dh, dc, dgx, dgh, np.empty((B, H), dtype))
     dgx_rows, dgh_rows = _rows(dgx), _rows(dgh)
-    dw_ih = dgx_rows.T @ _rows(x)
-    dw_hh = dgh_rows.T @ _rows(h_prev)
-    dx = (dgx_rows @ w_ih).reshape(T, B, I)
+    dw_ih = _matmul(dgx_rows.T, _rows(x))
+    dw_hh = _matmul(dgh_rows.T, _rows(h_prev))
+    dx = _matmul(dgx_rows, w_ih).reshape(T, B, I)
     return (dx, dh, (dc if lstm else None), dw_ih, dw_hh,
             dgx_rows.sum(axis=0), dgh_rows.sum(axis=0))
