@@ -1,0 +1,515 @@
+r"""Layers around the recurrent ones: ``Embedding``, ``Dense``, ``LastTimestep``, ``Sequential``.
+
+Every layer here has the same two calls::
+
+    y, tape = layer.forward(x)
+    dx, grads = layer.backward(dy, tape)       # grads: dict, state_dict names
+
+and the parameter API of the recurrent layers (``parameters()``,
+``state_dict()``, ``load_state_dict()``, ``to()``, ``device``, ``dtype``).
+``Sequential`` chains them with ``rnnkern.RNN/LSTM/GRU`` layers, carrying the
+recurrent states.  Only array-API calls on the arrays' own namespace are used,
+so the same code runs on NumPy (``device="cpu"``) and CuPy (``device="cuda"``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+import numpy as np
+
+from .. import validation as v
+from ..dispatch import backend_name, describe, namespace_of
+from ..layers import GRU, LSTM, RNN, _to_device_array
+from .library_specific import scatter_add_rows
+
+__all__ = ["Embedding", "Dense", "LastTimestep", "Sequential"]
+
+_DEVICES = ("cpu", "cuda")
+_RECURRENT = (RNN, LSTM, GRU)
+
+
+class _LayerTape:
+    """What a layer's ``forward`` keeps for its ``backward``: opaque to users."""
+
+    __slots__ = ("owner", "saved")
+
+    def __init__(self, owner, saved):
+        self.owner, self.saved = owner, saved
+
+    def __repr__(self):
+        return f"<rnnkern tape of {type(self.owner).__name__}>"
+
+
+class _ParameterLayer:
+    """Parameter handling shared by ``Embedding`` and ``Dense``.
+
+    Parameters live as NumPy arrays (device ``"cpu"``) or CuPy arrays
+    (device ``"cuda"``), created on the host from ``seed`` and then moved.
+    """
+
+    def _setup(self, params, dtype, device):
+        self.dtype = v.check_float_dtype("dtype", dtype)
+        if device not in _DEVICES:
+            raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
+        self.device = "cpu"
+        self._params = {name: p.astype(self.dtype) for name, p in params.items()}
+        if device != "cpu":
+            self.to(device)
+
+    def parameters(self):
+        """The parameter dict itself (name -> array), for optimizers."""
+        return self._params
+
+    def state_dict(self):
+        """Parameters by name, as arrays of the layer's device (copies)."""
+        return {name: p.copy() for name, p in self._params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Load parameters by name; all are checked before any is loaded.
+
+        Values may be NumPy or CuPy arrays or anything with ``__dlpack__``;
+        they are copied and cast to the layer's dtype.
+        """
+        _check_state_dict(self._params, state_dict)
+        self._params = {name: _to_device_array(value, self.device, f"state_dict[{name!r}]")
+                        .astype(self.dtype, copy=True) for name, value in state_dict.items()}
+
+    def to(self, device):
+        """Move the parameters to ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy); returns self."""
+        if device not in _DEVICES:
+            raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
+        if device != self.device:
+            self._params = {n: _to_device_array(p, device, n) for n, p in self._params.items()}
+            self.device = device
+        return self
+
+    def _parameters_for(self, xp, argument):
+        """The parameters as arrays of namespace ``xp``, or a clear TypeError."""
+        backend = backend_name(xp)
+        if backend == "generic":
+            if self.device != "cpu":
+                raise TypeError(f"{argument}: the layer's parameters are CuPy arrays (device "
+                                f"'cuda'); call .to('cpu') to run arrays of other libraries")
+            return {n: xp.asarray(p) for n, p in self._params.items()}
+        wanted = "cpu" if backend == "numpy" else "cuda"
+        if wanted != self.device:
+            raise TypeError(f"{argument}: a {backend} array was given but the layer's parameters "
+                            f"are on device {self.device!r}; call .to({wanted!r}) first")
+        return self._params
+
+    def _check_tape(self, tape):
+        if not isinstance(tape, _LayerTape):
+            raise TypeError(f"tape: expected the tape returned by this layer's forward, "
+                            f"got {describe(tape)}")
+        if tape.owner is not self:
+            raise ValueError("tape: it was recorded by another layer; pass the tape from "
+                             "this layer's forward")
+
+
+class Embedding(_ParameterLayer):
+    r"""Token ids to vectors, as ``torch.nn.Embedding``.
+
+    .. math:: y[\ldots, :] = W[\mathrm{ids}[\ldots], :], \qquad
+              \frac{\partial L}{\partial W_k} = \sum_{n:\ \mathrm{ids}_n = k}
+              \frac{\partial L}{\partial y_n}
+
+    The backward pass is a scatter-add: a token that occurs several times
+    accumulates all its gradients.
+
+    Parameters
+    ----------
+    num_embeddings : int
+        Vocabulary size ``V``; ids must lie in ``[0, V)``.
+    embedding_dim : int
+        Vector size ``E``.  ``weight`` is ``(V, E)``, initialised from
+        ``N(0, 1)`` as in torch.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, *, dtype="float32", device="cpu",
+                 seed=None):
+        self.num_embeddings = v.check_positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = v.check_positive_int("embedding_dim", embedding_dim)
+        rng = _rng("seed", seed)
+        self._setup({"weight": rng.standard_normal((self.num_embeddings, self.embedding_dim))},
+                    dtype, device)
+
+    def output_shape(self, input_shape):
+        """``input_shape + (E,)``."""
+        return tuple(input_shape) + (self.embedding_dim,)
+
+    def forward(self, ids):
+        """Look up ``ids`` (integer array of any shape); return ``(y, tape)``."""
+        xp = namespace_of(ids, names=["ids"])
+        weight = self._parameters_for(xp, "ids")["weight"]
+        _check_token_ids("ids", xp, ids, self.num_embeddings)
+        flat = xp.reshape(ids, (-1,))
+        y = xp.take(weight, flat, axis=0)
+        return xp.reshape(y, tuple(ids.shape) + (self.embedding_dim,)), _LayerTape(self, flat)
+
+    def backward(self, dy, tape):
+        """Return ``(None, {"weight": dW})``: ids have no gradient."""
+        self._check_tape(tape)
+        flat = tape.saved
+        xp = namespace_of(dy, flat, names=["dy", "the tape's ids"])
+        v.check_array("dy", dy, dy.ndim, self.dtype,
+                      (None,) * (dy.ndim - 1) + (self.embedding_dim,))
+        if math.prod(dy.shape[:-1]) != flat.shape[0]:
+            raise ValueError(f"dy: expected {flat.shape[0]} vectors (one per id), "
+                             f"got {describe(dy)}")
+        weight = self._parameters_for(xp, "dy")["weight"]
+        dweight = scatter_add_rows(xp.zeros_like(weight), flat,
+                                   xp.reshape(dy, (-1, self.embedding_dim)))
+        return None, {"weight": dweight}
+
+    def __repr__(self):
+        return (f"Embedding({self.num_embeddings}, {self.embedding_dim}, dtype={self.dtype!r}, "
+                f"device={self.device!r})")
+
+
+class Dense(_ParameterLayer):
+    r"""Affine map on the last axis, as ``torch.nn.Linear``.
+
+    .. math:: y_t = V s_t + b, \qquad
+              \frac{\partial L}{\partial V} = \sum_t \delta_t s_t^T,\quad
+              \frac{\partial L}{\partial b} = \sum_t \delta_t,\quad
+              \frac{\partial L}{\partial s_t} = V^T \delta_t
+
+    with :math:`\delta_t = \partial L / \partial y_t`.  ``weight`` ``V`` is
+    ``(out_features, in_features)``, ``bias`` ``b`` is ``(out_features,)``,
+    both initialised from ``U(-1/sqrt(in_features), 1/sqrt(in_features))`` as
+    in torch.
+    """
+
+    def __init__(self, in_features, out_features, *, bias=True, dtype="float32", device="cpu",
+                 seed=None):
+        self.in_features = v.check_positive_int("in_features", in_features)
+        self.out_features = v.check_positive_int("out_features", out_features)
+        self.bias = v.check_bool("bias", bias)
+        rng = _rng("seed", seed)
+        bound = 1.0 / math.sqrt(self.in_features)
+        params = {"weight": rng.uniform(-bound, bound, (self.out_features, self.in_features))}
+        if self.bias:
+            params["bias"] = rng.uniform(-bound, bound, (self.out_features,))
+        self._setup(params, dtype, device)
+
+    def output_shape(self, input_shape):
+        """``input_shape[:-1] + (out_features,)``."""
+        return tuple(input_shape)[:-1] + (self.out_features,)
+
+    def forward(self, x):
+        """``y = x V^T + b`` on the last axis of ``x`` (``(..., in_features)``)."""
+        xp = namespace_of(x, names=["x"])
+        params = self._parameters_for(xp, "x")
+        v.check_array("x", x, x.ndim, self.dtype, (None,) * (x.ndim - 1) + (self.in_features,))
+        y = xp.matmul(x, xp.permute_dims(params["weight"], (1, 0)))
+        if self.bias:
+            y = y + params["bias"]
+        return y, _LayerTape(self, x)
+
+    def backward(self, dy, tape):
+        """Return ``(dx, {"weight": dV, "bias": db})``."""
+        self._check_tape(tape)
+        x = tape.saved
+        xp = namespace_of(dy, x, names=["dy", "the tape's x"])
+        params = self._parameters_for(xp, "dy")
+        v.check_array("dy", dy, x.ndim, self.dtype, tuple(x.shape)[:-1] + (self.out_features,))
+        dy_flat = xp.reshape(dy, (-1, self.out_features))
+        x_flat = xp.reshape(x, (-1, self.in_features))
+        grads = {"weight": xp.matmul(xp.permute_dims(dy_flat, (1, 0)), x_flat)}
+        if self.bias:
+            grads["bias"] = xp.sum(dy_flat, axis=0)
+        return xp.matmul(dy, params["weight"]), grads
+
+    def __repr__(self):
+        return (f"Dense({self.in_features}, {self.out_features}, bias={self.bias}, "
+                f"dtype={self.dtype!r}, device={self.device!r})")
+
+
+class LastTimestep:
+    r"""Keep only the last timestep of a sequence: many-to-one.
+
+    ``(T, B, F) -> (B, F)`` (``(B, T, F) -> (B, F)`` with ``batch_first``);
+    the backward pass puts ``dy`` at the last step and zeros elsewhere.  It
+    plays the part of Keras' ``return_sequences=False``.  For sequences of
+    different lengths use the recurrent layer's ``h_n`` instead.
+    """
+
+    def __init__(self, *, batch_first=False):
+        self.batch_first = v.check_bool("batch_first", batch_first)
+
+    def parameters(self):
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state_dict):
+        _check_state_dict({}, state_dict)
+
+    def to(self, device):
+        if device not in _DEVICES:
+            raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
+        return self
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        return shape[:1] + shape[2:] if self.batch_first else shape[1:]
+
+    def forward(self, x):
+        namespace_of(x, names=["x"])
+        if x.ndim != 3:
+            raise ValueError(f"x: expected a 3-D sequence array, got {describe(x)}")
+        y = x[:, -1, :] if self.batch_first else x[-1, ...]
+        return y, _LayerTape(self, tuple(x.shape))
+
+    def backward(self, dy, tape):
+        if not isinstance(tape, _LayerTape) or tape.owner is not self:
+            raise TypeError(f"tape: expected the tape returned by this layer's forward, "
+                            f"got {describe(tape)}")
+        input_shape = tape.saved
+        xp = namespace_of(dy, names=["dy"])
+        expected = self.output_shape(input_shape)
+        if tuple(dy.shape) != expected:
+            raise ValueError(f"dy: expected shape {expected}, got {describe(dy)}")
+        axis = 1 if self.batch_first else 0
+        zeros_shape = list(input_shape)
+        zeros_shape[axis] -= 1
+        zeros = xp.zeros(tuple(zeros_shape), dtype=dy.dtype, device=array_api_compat.device(dy))
+        return xp.concat([zeros, xp.expand_dims(dy, axis=axis)], axis=axis), {}
+
+    def __repr__(self):
+        return f"LastTimestep(batch_first={self.batch_first})"
+
+
+class _SequentialTape:
+    __slots__ = ("owner", "tapes")
+
+    def __init__(self, owner, tapes):
+        self.owner, self.tapes = owner, tapes
+
+    def __repr__(self):
+        return f"<rnnkern tape of Sequential, {len(self.tapes)} layers>"
+
+
+class Sequential:
+    """A chain of layers: the output of each is the input of the next.
+
+    Layers are ``rnnkern.RNN/LSTM/GRU`` and the layers of this module.
+    Parameters are named ``"{index}.{name}"`` as in ``torch.nn.Sequential``
+    (``"0.weight"``, ``"1.weight_ih_l0"``, ...).
+
+    Recurrent layers take and return a state: ``states`` is a list with one
+    entry per recurrent layer, in order (``None`` for zeros), and
+    ``forward`` returns the final states in the same form.  Truncated BPTT
+    feeds the states returned by one chunk as the ``states`` of the next; no
+    gradient crosses the chunk boundary because ``backward`` is called per
+    chunk.
+
+    >>> import numpy as np, rnnkern as rk
+    >>> from rnnkern.training import Sequential, Embedding, Dense
+    >>> model = Sequential(Embedding(50, 8, seed=0), rk.LSTM(8, 16, seed=1), Dense(16, 50, seed=2))
+    >>> logits, states, tape = model.forward(np.zeros((7, 2), np.int64))
+    >>> dx, dstates0, grads = model.backward(np.ones_like(logits), tape)
+    """
+
+    def __init__(self, *layers):
+        if not layers:
+            raise ValueError("layers: expected at least one layer, got none")
+        for k, layer in enumerate(layers):
+            if not (isinstance(layer, _RECURRENT) or
+                    all(hasattr(layer, m) for m in ("forward", "backward", "parameters",
+                                                    "load_state_dict", "output_shape"))):
+                raise TypeError(f"layers[{k}]: expected an rnnkern layer, got {describe(layer)}")
+        self.layers = list(layers)
+
+    @property
+    def num_recurrent(self):
+        """How many recurrent layers (entries of ``states``) the chain has."""
+        return sum(isinstance(layer, _RECURRENT) for layer in self.layers)
+
+    def parameters(self):
+        """Flat dict ``"{index}.{name}" -> array`` of the layers' own arrays.
+
+        An optimizer updating these arrays in place updates the layers.
+        """
+        return {f"{k}.{name}": p for k, layer in enumerate(self.layers)
+                for name, p in layer.parameters().items()}
+
+    def state_dict(self):
+        """Copies of all parameters, named as in ``parameters()``."""
+        return {f"{k}.{name}": p for k, layer in enumerate(self.layers)
+                for name, p in layer.state_dict().items()}
+
+    def load_state_dict(self, state_dict):
+        """Load all parameters; every key and shape is checked before any layer changes."""
+        _check_state_dict(self.parameters(), state_dict)
+        for k, layer in enumerate(self.layers):
+            prefix = f"{k}."
+            layer.load_state_dict({name[len(prefix):]: value for name, value in state_dict.items()
+                                   if name.startswith(prefix)})
+
+    def to(self, device):
+        """Move every layer to ``device``; returns self."""
+        if device not in _DEVICES:
+            raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
+        for layer in self.layers:
+            layer.to(device)
+        return self
+
+    def forward(self, x, states=None, lengths=None):
+        """Run the chain; return ``(y, states, tape)``.
+
+        Parameters
+        ----------
+        x : array
+            Input of the first layer.
+        states : list or None
+            One initial state per recurrent layer (``None`` entries or
+            ``states=None`` for zeros).
+        lengths : sequence of int or integer array, optional
+            Passed to every recurrent layer (packed-sequence semantics).
+        """
+        states = self._checked_states(states, "states")
+        new_states, tapes = [], []
+        k_state = 0
+        for layer in self.layers:
+            if isinstance(layer, _RECURRENT):
+                x, state, tape = layer.forward(x, states[k_state], lengths)
+                new_states.append(state)
+                k_state += 1
+            else:
+                x, tape = layer.forward(x)
+            tapes.append(tape)
+        return x, new_states, _SequentialTape(self, tapes)
+
+    def backward(self, dy, tape, dstates=None):
+        """Backpropagate through the chain.
+
+        Returns
+        -------
+        dx : array or None
+            Gradient with respect to ``x`` (None if the first layer takes ids).
+        dstates0 : list
+            Gradient with respect to each recurrent layer's initial state.
+        grads : dict
+            One gradient per parameter, named as in ``parameters()``.
+        """
+        if not isinstance(tape, _SequentialTape) or tape.owner is not self:
+            raise TypeError(f"tape: expected the tape returned by this model's forward, "
+                            f"got {describe(tape)}")
+        dstates = self._checked_states(dstates, "dstates")
+        grads, dstates0 = {}, []
+        k_state = self.num_recurrent
+        for k in reversed(range(len(self.layers))):
+            layer = self.layers[k]
+            if isinstance(layer, _RECURRENT):
+                k_state -= 1
+                dy, dstate0, layer_grads = layer.backward(dy, tape.tapes[k], dstates[k_state])
+                dstates0.append(dstate0)
+            else:
+                dy, layer_grads = layer.backward(dy, tape.tapes[k])
+            grads.update({f"{k}.{name}": g for name, g in layer_grads.items()})
+        order = self.parameters()
+        return dy, dstates0[::-1], {name: grads[name] for name in order}
+
+    def _checked_states(self, states, name):
+        n = self.num_recurrent
+        if states is None:
+            return [None] * n
+        if not isinstance(states, (list, tuple)) or len(states) != n:
+            raise TypeError(f"{name}: expected a list of {n} states (one per recurrent layer) "
+                            f"or None, got {describe(states)}")
+        return list(states)
+
+    def summary(self, input_shape, print_fn=print):
+        """Print a Keras-style table of each layer's output shape and parameter count.
+
+        Parameters
+        ----------
+        input_shape : tuple
+            Shape of ``x``; ``None`` marks a free axis (the batch, say).
+        print_fn : callable
+            Called with the table text (default ``print``).
+
+        Returns
+        -------
+        str
+            The table.
+        """
+        rows, shape = [], tuple(input_shape)
+        for k, layer in enumerate(self.layers):
+            shape = (_recurrent_output_shape(layer, shape) if isinstance(layer, _RECURRENT)
+                     else layer.output_shape(shape))
+            count = sum(math.prod(p.shape) for p in layer.parameters().values())
+            rows.append((f"{k} ({type(layer).__name__})", _format_shape(shape), f"{count:,}"))
+        total = sum(math.prod(p.shape) for p in self.parameters().values())
+        width = (28, 26, 12)
+        line = lambda cells: "".join(str(c).ljust(w) for c, w in zip(cells, width)).rstrip()
+        rule = "=" * sum(width)
+        text = "\n".join(["Model: Sequential", "_" * sum(width),
+                          line(("Layer (type)", "Output Shape", "Param #")), rule,
+                          *(line(r) for r in rows), rule,
+                          f"Total params: {total:,}", f"Trainable params: {total:,}",
+                          "Non-trainable params: 0", "_" * sum(width)])
+        print_fn(text)
+        return text
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({k}): {layer!r}" for k, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
+
+
+def _recurrent_output_shape(layer, input_shape):
+    """``y``'s shape for a recurrent layer: the last axis becomes ``D * H``."""
+    if len(input_shape) not in (2, 3) or input_shape[-1] not in (None, layer.input_size):
+        raise ValueError(f"input_shape: {type(layer).__name__} expects (..., {layer.input_size}), "
+                         f"got {input_shape}")
+    return tuple(input_shape)[:-1] + (layer.hidden_size * layer.num_directions,)
+
+
+def _format_shape(shape):
+    return "(" + ", ".join("None" if s is None else str(s) for s in shape) + \
+        ("," if len(shape) == 1 else "") + ")"
+
+
+def _rng(name, seed):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"{name}: expected an integer or None, got {seed!r}")
+    return np.random.default_rng(seed)
+
+
+def _check_token_ids(name, xp, ids, vocabulary_size):
+    """Integer dtype and every id in ``[0, vocabulary_size)``."""
+    if "int" not in v.dtype_name(ids.dtype):
+        raise TypeError(f"{name}: expected an integer array of token ids, got {describe(ids)}")
+    if ids.ndim == 0 or any(s == 0 for s in ids.shape):
+        raise ValueError(f"{name}: expected a non-empty array with at least one axis, "
+                         f"got {describe(ids)}")
+    low, high = int(xp.min(ids)), int(xp.max(ids))
+    if low < 0 or high >= vocabulary_size:
+        raise ValueError(f"{name}: expected ids in [0, {vocabulary_size}), "
+                         f"got values from {low} to {high}")
+
+
+def _check_state_dict(current, state_dict):
+    """Check that ``state_dict`` has exactly the names and shapes of ``current``.
+
+    Nothing is modified, so a failure leaves the owner untouched.
+    """
+    if not hasattr(state_dict, "keys"):
+        raise TypeError(f"state_dict: expected a mapping of name to array, got {describe(state_dict)}")
+    missing = sorted(set(current) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(current))
+    if missing or unexpected:
+        raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+    for name, param in current.items():
+        value = state_dict[name]
+        shape = getattr(value, "shape", None)
+        if shape is None or tuple(shape) != tuple(param.shape):
+            raise ValueError(f"state_dict[{name!r}]: expected shape {tuple(param.shape)}, "
+                             f"got {describe(value)}")
+        kind = str(getattr(value, "dtype", ""))
+        if not ("float" in kind or "int" in kind):
+            raise TypeError(f"state_dict[{name!r}]: expected a real array, got {describe(value)}")
