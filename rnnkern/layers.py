@@ -372,7 +372,7 @@ def _to_device_array(value, device, name):
                                 f"pass a NumPy array or a detached CPU tensor") from None
         raise TypeError(f"{name}: expected a NumPy or CuPy array or an object with "
                         f"__dlpack__, got {describe(value)}")
-    import cupy   # only reached for device "cuda"
+    cupy = _cupy_with_a_device()
     if isinstance(value, np.ndarray) or array_api_compat.is_cupy_array(value):
         return cupy.asarray(value)
     if hasattr(value, "__dlpack__"):
@@ -382,6 +382,22 @@ def _to_device_array(value, device, name):
             raise TypeError(f"{name}: could not read it through DLPack ({err})") from None
     raise TypeError(f"{name}: expected a NumPy or CuPy array or an object with "
                     f"__dlpack__, got {describe(value)}")
+
+
+def _cupy_with_a_device():
+    """Import CuPy for device "cuda", or say clearly why it cannot be used."""
+    try:
+        import cupy
+    except ImportError:
+        raise RuntimeError("device 'cuda' needs CuPy: pip install 'rnnkern[cuda]' "
+                           "(or the cupy-cudaXXx wheel matching your driver)") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:        # no driver, or a driver error
+        raise RuntimeError(f"device 'cuda': CuPy found no usable CUDA device ({err})") from None
+    if count == 0:
+        raise RuntimeError("device 'cuda': CuPy found no CUDA device")
+    return cupy
 
 
 class RNN(_RecurrentLayer):

@@ -59,7 +59,7 @@ def check_array(name, a, ndim, dtype, shape=None):
     if got != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the layer's dtype), got {describe(a)}")
     if shape is not None and any(e is not None and e != s for e, s in zip(shape, a.shape)):
-        want = tuple("*" if e is None else e for e in shape)
+        want = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
         raise ValueError(f"{name}: expected shape {want}, got {describe(a)}")
     if any(s == 0 for s in a.shape):
         raise ValueError(f"{name}: expected no empty axis, got {describe(a)}")

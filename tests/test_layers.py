@@ -1,0 +1,117 @@
+"""Layer mechanics: names, initialisation, state_dict interchange, import hygiene."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import rnnkern as rk
+from conftest import TOLERANCE
+from torch_oracle import torch_layer
+
+
+@pytest.mark.parametrize("cls,tcls", [(rk.LSTM, torch.nn.LSTM), (rk.GRU, torch.nn.GRU), (rk.RNN, torch.nn.RNN)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_parameter_names_shapes_and_order_match_torch(cls, tcls, bias):
+    ours = cls(3, 5, 3, bias=bias, bidirectional=True).state_dict()
+    theirs = tcls(3, 5, 3, bias=bias, bidirectional=True).state_dict()
+    assert list(ours) == list(theirs)
+    assert all(ours[k].shape == tuple(theirs[k].shape) for k in ours)
+
+
+def test_initialisation_is_seeded_and_uniform_like_torch():
+    a, b = rk.GRU(3, 16, seed=5).state_dict(), rk.GRU(3, 16, seed=5).state_dict()
+    c = rk.GRU(3, 16, seed=6).state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["weight_hh_l0"], c["weight_hh_l0"])
+    bound = 1 / np.sqrt(16)
+    values = np.concatenate([v.ravel() for v in a.values()])
+    assert values.dtype == np.float32
+    assert np.abs(values).max() <= bound and np.abs(values).max() > 0.9 * bound
+
+
+def test_load_state_dict_from_torch_tensors_through_dlpack(rng):
+    module = torch.nn.LSTM(3, 4, 2, dtype=torch.float64)
+    lstm = rk.LSTM(3, 4, 2, dtype="float64")
+    lstm.load_state_dict({k: v.detach() for k, v in module.state_dict().items()})
+    x = rng.standard_normal((5, 2, 3))
+    y, _ = lstm(x)
+    np.testing.assert_allclose(y, module(torch.from_numpy(x))[0].detach().numpy(), **TOLERANCE["float64"])
+
+
+def test_load_state_dict_copies_and_casts(rng):
+    gru = rk.GRU(2, 3, dtype="float32")
+    sd = {k: v.astype(np.float64) for k, v in gru.state_dict().items()}
+    gru.load_state_dict(sd)
+    sd["weight_ih_l0"][...] = 7.0            # changing the source later changes nothing
+    assert gru.state_dict()["weight_ih_l0"].dtype == np.float32
+    assert not np.any(gru.state_dict()["weight_ih_l0"] == 7.0)
+
+
+def test_state_dict_returns_copies():
+    rnn = rk.RNN(2, 3, seed=0)
+    sd = rnn.state_dict()
+    sd["weight_hh_l0"][...] = 0
+    assert np.any(rnn.state_dict()["weight_hh_l0"] != 0)
+
+
+def test_lengths_give_zeros_past_the_end_and_states_at_each_own_end(rng):
+    lstm = rk.LSTM(2, 3, seed=0, dtype="float64")
+    x = rng.standard_normal((6, 2, 2))
+    y, (h, c), _ = lstm.forward(x, lengths=[6, 2])
+    assert np.all(y[2:, 1] == 0)
+    y_short, (h_short, c_short), _ = lstm.forward(x[:2, 1:])
+    np.testing.assert_allclose(h[:, 1], h_short[:, 0], rtol=1e-13)
+    np.testing.assert_allclose(y[:2, 1], y_short[:, 0], rtol=1e-13)
+
+
+def test_lengths_accepted_as_list_numpy_or_array_of_the_library(rng):
+    gru = rk.GRU(2, 3, seed=0)
+    x = rng.standard_normal((4, 3, 2)).astype("float32")
+    outs = [gru.forward(x, lengths=L)[0] for L in ([4, 1, 2], (4, 1, 2), np.array([4, 1, 2], np.int32))]
+    assert all(np.array_equal(outs[0], o) for o in outs)
+
+
+def test_inputs_are_never_modified(rng):
+    lstm = rk.LSTM(3, 4, 2, bidirectional=True, seed=0)
+    x = rng.standard_normal((5, 2, 3)).astype("float32")
+    h0, c0 = (rng.standard_normal((4, 2, 4)).astype("float32") for _ in range(2))
+    copies = [a.copy() for a in (x, h0, c0)]
+    y, (h, c), tape = lstm.forward(x, (h0, c0), lengths=[5, 3])
+    dy = rng.standard_normal(y.shape).astype("float32")
+    dh, dc = np.ones_like(h), np.ones_like(c)
+    grads_in = [a.copy() for a in (dy, dh, dc)]
+    lstm.backward(dy, tape, (dh, dc))
+    lstm.backward(dy, tape, (dh, dc))       # a tape can be used twice
+    for a, b in zip((x, h0, c0, dy, dh, dc), copies + grads_in):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cuda_device_without_cupy_is_a_clear_error():
+    try:
+        import cupy
+        cupy.cuda.runtime.getDeviceCount()
+        pytest.skip("a CUDA device is present")
+    except Exception:
+        pass
+    with pytest.raises(RuntimeError, match="device 'cuda'"):
+        rk.LSTM(2, 3, device="cuda")
+
+
+def test_import_does_not_import_cupy_or_torch():
+    code = ("import sys, rnnkern, rnnkern.layers, rnnkern.backends.numpy_backend; "
+            "bad = [m for m in ('cupy', 'torch') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_repr_names_the_configuration():
+    text = repr(rk.RNN(2, 3, nonlinearity="relu", bidirectional=True))
+    assert "RNN(2, 3" in text and "relu" in text and "bidirectional=True" in text
+
+
+def test_torch_layer_helper_roundtrip():
+    gru = rk.GRU(2, 3, seed=0)
+    assert set(torch_layer(gru).state_dict()) == set(gru.state_dict())
