@@ -1,0 +1,470 @@
+"""``python -m rnnkern bench``: rnnkern against torch.nn and the NumPy reference.
+
+Prints one table row per cell, shape and pass (forward; forward+backward)
+with the median time of each library, the ratios ``torch / rnnkern`` and
+``reference / rnnkern`` (above 1 means rnnkern is faster), and the floor: the
+GEMM work of the pass timed on its own with this machine's BLAS (NumPy's on
+the CPU, cuBLAS through CuPy on the GPU), in the same run.
+
+Fair by construction:
+
+- Every library runs in processes of its own (:mod:`rnnkern.bench_workers`),
+  one at a time, so no library's idle-spinning thread pool steals cores from
+  another's timed calls.  Each round starts one fresh process per library
+  (and one for the GEMMs), in an order that rotates from round to round, and
+  the median is taken over all rounds.
+- Each process makes one warm-up call per case (JIT and kernel compilation
+  are not timed), then alternates timed forward and forward+backward calls.
+- Every library gets the same thread count (``--threads``, default: the
+  cores this process may use) through ``OMP_NUM_THREADS``,
+  ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``NUMBA_NUM_THREADS`` in
+  the worker's environment, and ``torch.set_num_threads``.
+- All libraries compute the same thing on the same seeded parameters and
+  inputs, and the table says so: a warning is printed if their outputs or
+  gradients disagree.
+
+The floor of a pass counts only its GEMMs (``G`` gates, so ``G*H`` gate
+columns): forward = input projection ``(T*B, I) @ (I, G*H)`` + ``T`` times
+the recurrent ``(B, H) @ (H, G*H)``; backward adds the input gradient
+``(T*B, G*H) @ (G*H, I)``, ``T`` recurrent gradients ``(B, G*H) @ (G*H,
+H)`` and the two weight gradients ``(G*H, T*B) @ (T*B, I)`` and ``(G*H,
+T*B) @ (T*B, H)``; forward+backward is about 3x the forward FLOPs.  "% of
+floor" is floor time / measured time: 100% means the pass costs no more than
+its GEMMs on this BLAS.  Torch uses its own BLAS (MKL/oneDNN on the CPU), so
+it can pass 100%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from .bench_shapes import CELLS, TINY_SHAPES, parse_shape, shapes_for
+from .cells import cell_for
+
+__all__ = ["main"]
+
+LIBRARIES = ("rnnkern", "torch", "reference")
+PASSES = ("forward", "forward_backward")
+PASS_LABELS = {"forward": "fwd", "forward_backward": "fwd+bwd"}
+DEFAULT_CELLS = ("lstm", "gru", "rnn_tanh")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "NUMBA_NUM_THREADS")
+#: First-call times are taken on the small shape: they measure compilation.
+FIRST_CALL_SHAPE = TINY_SHAPES[-1]
+#: Checksums of libraries doing the same work agree to this relative tolerance.
+AGREEMENT_TOLERANCE = {"float32": 1e-3, "float64": 1e-8}
+
+
+class WorkerError(RuntimeError):
+    """A benchmark worker process failed; the message holds its stderr."""
+
+
+def main(argv=None):
+    """Run the benchmark; return the exit status (0 ok, 1 a worker failed, 2 bad usage)."""
+    args = _parse_arguments(argv)
+    threads = args.threads or _usable_cores()
+    cells = args.cell or list(DEFAULT_CELLS)
+    shapes = args.shape or list(shapes_for(args.device))
+    cases = [(cell, shape) for shape in shapes for cell in cells]
+
+    device = _run_worker({"task": "device", "device": args.device}, threads)
+    if "unavailable" in device:
+        print(f"--device {args.device}: {device['unavailable']}", file=sys.stderr)
+        return 2
+
+    gemms = sorted({spec for cell, shape in cases for _, _, spec in _gemm_specs(cell, shape)})
+    load_before = _load_average()
+    timings, notes, failures = _run_rounds(args, cases, gemms, threads)
+    first_calls = _measure_first_calls(args, cells, threads) if args.first_call else {}
+    device["info"]["load_average_before_after"] = [load_before, _load_average()]
+    report = _report(args, threads, device["info"], cases, timings, notes, first_calls)
+    print(_format_report(report))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=1)
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _parse_arguments(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m rnnkern bench",
+        description="Time rnnkern against torch.nn and the plain NumPy reference, "
+                    "each library in its own processes, with the GEMM floor of each shape.")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu: NumPy arrays vs torch CPU; cuda: CuPy arrays vs cuDNN "
+                             "(TF32 off). Default: cpu")
+    parser.add_argument("--cell", nargs="+", choices=CELLS, metavar="CELL",
+                        help=f"cells among {', '.join(CELLS)}. Default: {' '.join(DEFAULT_CELLS)}")
+    parser.add_argument("--shape", nargs="+", type=_shape_argument, metavar="T,B,I,H",
+                        help="shapes (sequence length, batch, input size, hidden size). Default: "
+                             "the device's shapes in rnnkern.bench_shapes "
+                             "(RNNKERN_BENCH_SHAPES=tiny picks tiny ones)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--repeats", type=_positive_int, default=5,
+                        help="timed calls per pass, case and round, after one warm-up call. "
+                             "Default: 5")
+    parser.add_argument("--rounds", type=_positive_int, default=3,
+                        help="rounds of fresh worker processes, library order rotating. "
+                             "Default: 3")
+    parser.add_argument("--threads", type=_positive_int,
+                        help="threads for every library. Default: the cores this process may use")
+    parser.add_argument("--first-call", action="store_true",
+                        help="also time rnnkern's first forward+backward in a fresh process, "
+                             "with an empty kernel cache (cold) and a filled one (cached)")
+    parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _shape_argument(text):
+    try:
+        return parse_shape(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _load_average():
+    """The 1-minute load average, or None where the system has none."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _usable_cores():
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------- workers
+
+def _run_worker(request, threads, extra_environment=None):
+    """Run one worker process on ``request``; return its JSON answer."""
+    environment = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
+    environment.update(extra_environment or {})
+    completed = subprocess.run([sys.executable, "-m", "rnnkern.bench_workers"],
+                               input=json.dumps(request), capture_output=True, text=True,
+                               env=environment)
+    if completed.returncode != 0:
+        what = request.get("library", request["task"])
+        raise WorkerError(f"the {what} worker failed (exit {completed.returncode}):\n"
+                          f"{completed.stderr[-3000:]}")
+    lines = [line for line in completed.stdout.splitlines() if line.strip()]
+    return json.loads(lines[-1])
+
+
+def _run_rounds(args, cases, gemms, threads):
+    """Time every library and the GEMMs, ``args.rounds`` times, one process at a time.
+
+    Returns
+    -------
+    timings : dict
+        ``(library, cell, shape, pass) -> [seconds, ...]`` over all rounds;
+        ``(library, cell, shape, "warmup") -> [seconds, ...]``;
+        ``("checksums", library, cell, shape) -> {name: sum}``;
+        ``("gemm", m, k, n, calls) -> [seconds, ...]``; ``("info", library) -> {...}``.
+    notes : dict
+        ``library -> why it is missing from the table`` (not installed, ...).
+    failures : list of str
+        The errors of workers that failed.
+    """
+    timings, notes, failures = {}, {}, []
+    case_list = [{"cell": cell, "shape": _shape_list(shape)} for cell, shape in cases]
+    kinds = list(LIBRARIES) + ["gemm"]
+    for round_index in range(args.rounds):
+        shift = round_index % len(kinds)
+        for kind in kinds[shift:] + kinds[:shift]:
+            if kind in notes:
+                continue
+            if kind == "gemm":
+                request = {"task": "gemm", "gemms": gemms}
+            else:
+                request = {"task": "time", "library": kind, "cases": case_list,
+                           "threads": threads, "seed": args.seed}
+            request.update(device=args.device, dtype=args.dtype, repeats=args.repeats)
+            started = time.perf_counter()
+            try:
+                answer = _run_worker(request, threads)
+            except WorkerError as err:
+                notes[kind] = "failed (see the error below)"
+                failures.append(str(err))
+                continue
+            print(f"round {round_index + 1}/{args.rounds}: {kind} "
+                  f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+            if "unavailable" in answer:
+                notes[kind] = answer["unavailable"]
+                continue
+            timings[("info", kind)] = answer["info"]
+            if kind == "gemm":
+                for gemm in answer["gemms"]:
+                    key = ("gemm", gemm["m"], gemm["k"], gemm["n"], gemm["calls"])
+                    timings.setdefault(key, []).extend(gemm["seconds"])
+                continue
+            for case in answer["cases"]:
+                shape = tuple(case["shape"])
+                for name in PASSES:
+                    timings.setdefault((kind, case["cell"], shape, name), []).extend(case[name])
+                timings.setdefault((kind, case["cell"], shape, "warmup"), []).append(
+                    case["warmup_seconds"])
+                timings[("checksums", kind, case["cell"], shape)] = case["checksums"]
+    return timings, notes, failures
+
+
+def _measure_first_calls(args, cells, threads):
+    """``cell -> {"cold": s, "cached": s}``: first forward+backward in a fresh process.
+
+    Cold: the Numba and CuPy kernel caches point at an empty directory, so
+    everything compiles.  Cached: a first process fills a cache directory and a
+    second one, timed, starts from it.
+    """
+    first_calls = {}
+    request = {"task": "first_call", "device": args.device, "dtype": args.dtype,
+               "shape": _shape_list(FIRST_CALL_SHAPE)}
+    for cell in cells:
+        request["cell"] = cell
+        seconds = {}
+        for kind, runs in (("cold", 1), ("cached", 2)):
+            cache = tempfile.mkdtemp(prefix="rnnkern-kernel-cache-")
+            try:
+                for _ in range(runs):
+                    answer = _run_worker(request, threads, _kernel_cache_environment(cache))
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+            seconds[kind] = answer.get("seconds")
+        first_calls[cell] = seconds
+    return first_calls
+
+
+def _kernel_cache_environment(directory):
+    """Environment that sends Numba's and CuPy's on-disk kernel caches to ``directory``."""
+    return {"NUMBA_CACHE_DIR": directory, "CUPY_CACHE_DIR": directory}
+
+
+def _shape_list(shape):
+    return [shape.T, shape.B, shape.I, shape.H]
+
+
+# ---------------------------------------------------------------------- the floor
+
+def _gemm_specs(cell, shape):
+    """``[(name, pass, (m, k, n, calls)), ...]``: the GEMMs of one layer-direction.
+
+    ``pass`` is ``"forward"`` (in both passes) or ``"backward"`` (in
+    forward+backward only); see the module docstring.
+    """
+    T, B, I, H = shape.T, shape.B, shape.I, shape.H
+    gate_columns = cell_for(cell).num_gates * H
+    return [
+        ("input projection", "forward", (T * B, I, gate_columns, 1)),
+        ("recurrent product", "forward", (B, H, gate_columns, T)),
+        ("input gradient", "backward", (T * B, gate_columns, I, 1)),
+        ("recurrent gradient", "backward", (B, gate_columns, H, T)),
+        ("input weight gradient", "backward", (gate_columns, T * B, I, 1)),
+        ("recurrent weight gradient", "backward", (gate_columns, T * B, H, 1)),
+    ]
+
+
+def _floor(cell, shape, timings):
+    """``pass -> {"flops", "seconds", "gemms"}``: the GEMM work of each pass and its time.
+
+    ``seconds`` is None when a GEMM of the pass was not timed.
+    """
+    floor = {name: {"flops": 0, "seconds": 0.0, "gemms": []} for name in PASSES}
+    for name, gemm_pass, (m, k, n, calls) in _gemm_specs(cell, shape):
+        seconds = _median(timings.get(("gemm", m, k, n, calls)))
+        flops = 2 * m * k * n * calls
+        gemm = {"gemm": name, "m": m, "k": k, "n": n, "calls": calls, "flops": flops,
+                "seconds": seconds, "gflops_per_second": _ratio(flops / 1e9, seconds)}
+        for pass_name in PASSES if gemm_pass == "forward" else ("forward_backward",):
+            pass_floor = floor[pass_name]
+            pass_floor["flops"] += flops
+            pass_floor["gemms"].append(gemm)
+            pass_floor["seconds"] = (None if seconds is None or pass_floor["seconds"] is None
+                                     else pass_floor["seconds"] + seconds)
+    return floor
+
+
+# ---------------------------------------------------------------------- report
+
+def _median(samples):
+    return statistics.median(samples) if samples else None
+
+
+def _ratio(numerator, denominator):
+    if numerator is None or denominator is None:
+        return None
+    return numerator / denominator
+
+
+def _agreement(checksums):
+    """Largest relative difference of any library's checksums from rnnkern's, or None."""
+    base = checksums.get("rnnkern")
+    if base is None:
+        return None
+    worst = 0.0
+    for library, sums in checksums.items():
+        for name, value in sums.items():
+            worst = max(worst, abs(value - base[name]) / max(abs(base[name]), 1e-30))
+    return worst
+
+
+def _report(args, threads, device_info, cases, timings, notes, first_calls):
+    """Everything measured, as one JSON-ready dict."""
+    rows = []
+    for cell, shape in cases:
+        key = tuple(_shape_list(shape))
+        floor = _floor(cell, shape, timings)
+        checksums = {library: timings[("checksums", library, cell, key)]
+                     for library in LIBRARIES if ("checksums", library, cell, key) in timings}
+        worst = _agreement(checksums)
+        for name in PASSES:
+            samples = {library: timings.get((library, cell, key, name)) for library in LIBRARIES}
+            seconds = {library: _median(s) for library, s in samples.items()}
+            floor_seconds = floor[name]["seconds"]
+            rows.append({
+                "cell": cell, "shape": list(key), "pass": name,
+                "seconds": seconds, "samples": samples,
+                "warmup_seconds": {library: timings.get((library, cell, key, "warmup"))
+                                   for library in LIBRARIES},
+                "ratios": {"torch/rnnkern": _ratio(seconds["torch"], seconds["rnnkern"]),
+                           "reference/rnnkern": _ratio(seconds["reference"], seconds["rnnkern"])},
+                "floor": floor[name],
+                "percent_of_floor": {library: None if s is None or floor_seconds is None
+                                     else 100.0 * floor_seconds / s
+                                     for library, s in seconds.items()},
+                "checksums": checksums,
+                "largest_relative_difference": worst,
+                "libraries_agree": None if worst is None else worst <= AGREEMENT_TOLERANCE[args.dtype],
+            })
+    return {
+        "settings": {"device": args.device, "dtype": args.dtype, "threads": threads,
+                     "repeats": args.repeats, "rounds": args.rounds, "seed": args.seed},
+        "machine": device_info,
+        "libraries": {library: timings.get(("info", library)) for library in LIBRARIES},
+        "missing": notes,
+        "rows": rows,
+        "first_call_seconds": first_calls,
+        "first_call_shape": _shape_list(FIRST_CALL_SHAPE),
+    }
+
+
+def _format_ms(seconds):
+    if seconds is None:
+        return "n/a"
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
+
+
+def _format_ratio(value):
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _format_percent(value):
+    return "n/a" if value is None else f"{value:.0f}%"
+
+
+def _format_report(report):
+    settings, machine = report["settings"], report["machine"]
+    torch_info = report["libraries"].get("torch") or {}
+    samples = settings["repeats"] * settings["rounds"]
+    lines = [
+        f"rnnkern bench: device {settings['device']}, {settings['dtype']}, "
+        f"{settings['threads']} threads per library, median of {samples} timed calls "
+        f"({settings['rounds']} rounds x {settings['repeats']}) after a warm-up call",
+        f"machine: {machine.get('gpu') or machine['cpu']} ({machine['cpu_count']} cores), "
+        f"numpy {machine['numpy']} with {machine['blas'] or 'no BLAS found'}"
+        + (f", torch {torch_info['torch']}" if torch_info else ""),
+    ]
+    for library, why in report["missing"].items():
+        lines.append(f"{library}: n/a, {why}")
+    header = ("cell", "T,B,I,H", "pass", "rnnkern ms", "torch ms", "reference ms",
+              "torch/rnnkern", "reference/rnnkern", "floor ms", "rnnkern % floor",
+              "torch % floor")
+    table = [header]
+    for row in report["rows"]:
+        table.append((row["cell"], ",".join(map(str, row["shape"])), PASS_LABELS[row["pass"]],
+                      *(_format_ms(row["seconds"][library]) for library in LIBRARIES),
+                      _format_ratio(row["ratios"]["torch/rnnkern"]),
+                      _format_ratio(row["ratios"]["reference/rnnkern"]),
+                      _format_ms(row["floor"]["seconds"]),
+                      _format_percent(row["percent_of_floor"]["rnnkern"]),
+                      _format_percent(row["percent_of_floor"]["torch"])))
+    lines.append("")
+    lines.extend(_aligned(table, left_columns=3))
+    lines.append("")
+    lines.append("ratios: other library's time / rnnkern's (above 1: rnnkern faster). "
+                 "% floor: floor time / library time.")
+    lines.append("floor: the GEMMs of the pass alone, on "
+                 + ("cuBLAS (CuPy)" if settings["device"] == "cuda" else "NumPy's BLAS")
+                 + ", timed in this run; GFLOP/s of each GEMM (x T: once per step):")
+    lines.append("")
+    lines.extend(_floor_table(report["rows"]))
+    load_before, load_after = machine["load_average_before_after"]
+    if load_before is not None and max(load_before, load_after) > 0.5:
+        lines.append(f"WARNING: 1-minute load average {load_before:.2f} before, "
+                     f"{load_after:.2f} after: other processes were using the CPU, "
+                     f"so the times above are noisy")
+    disagreeing = [r for r in report["rows"] if r["libraries_agree"] is False
+                   and r["pass"] == "forward"]
+    for row in disagreeing:
+        lines.append(f"WARNING: {row['cell']} {row['shape']}: libraries disagree "
+                     f"(relative difference of |y|, |dx| or |dW_hh| sums up to "
+                     f"{row['largest_relative_difference']:.2g}): {row['checksums']}")
+    if report["first_call_seconds"]:
+        shape = ",".join(map(str, report["first_call_shape"]))
+        calls = "; ".join(f"{cell} {_format_seconds(s['cold'])} cold, "
+                          f"{_format_seconds(s['cached'])} cached"
+                          for cell, s in report["first_call_seconds"].items())
+        lines.append(f"first forward+backward in a fresh process (shape {shape}, "
+                     f"compilation included): {calls}")
+    return "\n".join(lines)
+
+
+def _floor_table(rows):
+    """Lines of the floor table: one row per cell and shape."""
+    forward_rows = [row for row in rows if row["pass"] == "forward"]
+    full_rows = [row for row in rows if row["pass"] == "forward_backward"]
+    gemm_names = [gemm["gemm"] for gemm in full_rows[0]["floor"]["gemms"]] if full_rows else []
+    table = [("cell", "T,B,I,H", "fwd GFLOP", "fwd floor ms", "fwd+bwd GFLOP",
+              "fwd+bwd floor ms", *gemm_names)]
+    for forward, full in zip(forward_rows, full_rows):
+        gemms = full["floor"]["gemms"]
+        table.append((full["cell"], ",".join(map(str, full["shape"])),
+                      f"{forward['floor']['flops'] / 1e9:.3g}",
+                      _format_ms(forward["floor"]["seconds"]),
+                      f"{full['floor']['flops'] / 1e9:.3g}",
+                      _format_ms(full["floor"]["seconds"]),
+                      *(_format_rate(g["gflops_per_second"])
+                        + (" x T" if g["calls"] > 1 else "") for g in gemms)))
+    return _aligned(table, left_columns=2)
+
+
+def _aligned(table, left_columns):
+    """Rows of strings -> lines, the first ``left_columns`` left-aligned, the rest right."""
+    widths = [max(len(row[column]) for row in table) for column in range(len(table[0]))]
+    return ["  ".join(text.ljust(width) if column < left_columns else text.rjust(width)
+                      for column, (text, width) in enumerate(zip(row, widths)))
+            for row in table]
+
+
+def _format_rate(gflops):
+    return "n/a" if gflops is None else f"{gflops:.3g}"
+
+
+def _format_seconds(seconds):
+    return "n/a" if seconds is None else f"{seconds:.2f} s"

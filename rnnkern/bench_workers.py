@@ -1,0 +1,427 @@
+"""What runs inside one benchmark process: a library's workload and its timing.
+
+``python -m rnnkern bench`` (:mod:`rnnkern.bench`) never times anything in its
+own process.  It starts ``python -m rnnkern.bench_workers``, writes one JSON
+request on its stdin, and reads one JSON line back from its stdout.  A process
+serves one library only, so no library's thread pool (BLAS threads that keep
+spinning after a call, torch's OpenMP team) can steal cores from another's
+timed calls.  Requests::
+
+    {"task": "time", "library": "rnnkern" | "torch" | "reference",
+     "device": "cpu" | "cuda", "dtype": ..., "threads": N, "repeats": N,
+     "seed": N, "cases": [{"cell": "lstm", "shape": [T, B, I, H]}, ...]}
+        -> {"info": {...}, "cases": [{"cell", "shape", "warmup_seconds",
+            "forward": [s, ...], "forward_backward": [s, ...], "checksums": {...}}]}
+    {"task": "gemm", "device", "dtype", "repeats", "gemms": [[m, k, n, calls], ...]}
+        -> {"info": {...}, "gemms": [{"m", "k", "n", "calls", "seconds": [...]}]}
+    {"task": "first_call", "device", "dtype", "cell", "shape"}
+        -> {"seconds": s}      the first forward+backward in this process
+    {"task": "device", "device"}
+        -> {"info": {...}}     or {"unavailable": "why"}
+
+A library that cannot run here (torch not installed, no GPU) answers
+``{"unavailable": "why"}`` and exits 0; anything else that goes wrong is an
+exception, a traceback on stderr and a non-zero exit.
+
+The workload classes are also what the asv benchmarks time, so both measure
+the same calls on the same seeded inputs.  Each has ``forward()`` and
+``forward_backward()``, which return only once the device is idle (a stream
+synchronize on the GPU), and ``checksums()``.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from .bench_shapes import BenchShape
+
+__all__ = ["make_layer", "seeded_case", "RnnkernWorkload", "TorchWorkload",
+           "ReferenceWorkload", "gpu_unavailable_reason"]
+
+
+def make_layer(cell, shape, dtype, device, seed):
+    """The rnnkern layer for ``cell`` with input and hidden size from ``shape``."""
+    import rnnkern as rk
+
+    options = {"dtype": dtype, "device": device, "seed": seed}
+    if cell == "lstm":
+        return rk.LSTM(shape.I, shape.H, **options)
+    if cell == "gru":
+        return rk.GRU(shape.I, shape.H, **options)
+    if cell in ("rnn_tanh", "rnn_relu"):
+        return rk.RNN(shape.I, shape.H, nonlinearity=cell[4:], **options)
+    raise ValueError(f"cell: expected one of lstm, gru, rnn_tanh, rnn_relu, got {cell!r}")
+
+
+def seeded_case(cell, shape, dtype, seed):
+    """Parameters (by torch name), ``x (T, B, I)`` and ``dy (T, B, H)`` as NumPy arrays.
+
+    Every library gets these same values: the parameters are those of
+    ``make_layer(cell, shape, dtype, "cpu", seed)``; ``x`` and ``dy`` are
+    standard normal draws from ``seed``.
+    """
+    params = make_layer(cell, shape, dtype, "cpu", seed).state_dict()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((shape.T, shape.B, shape.I)).astype(dtype)
+    dy = rng.standard_normal((shape.T, shape.B, shape.H)).astype(dtype)
+    return params, x, dy
+
+
+def gpu_unavailable_reason():
+    """None if CuPy imports and sees a CUDA GPU, else a sentence saying why not."""
+    try:
+        import cupy
+    except ImportError as err:
+        return f"CuPy is not installed ({err}); install rnnkern[cuda]"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:   # CUDARuntimeError without a driver or a device
+        return f"CuPy {cupy.__version__} is installed but finds no CUDA GPU ({err})"
+    if count == 0:
+        return f"CuPy {cupy.__version__} is installed but finds no CUDA GPU"
+    return None
+
+
+def _absolute_sum(array):
+    """Sum of |array| in float64, on the host, for any of the three libraries."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    elif hasattr(array, "get"):
+        array = array.get()
+    return float(np.abs(np.asarray(array, dtype=np.float64)).sum())
+
+
+class RnnkernWorkload:
+    """One rnnkern layer (one layer, one direction) and its seeded inputs.
+
+    Parameters
+    ----------
+    cell : str
+        ``"lstm"``, ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``.
+    shape : BenchShape
+    dtype : str
+        ``"float32"`` or ``"float64"``.
+    device : str
+        ``"cpu"`` (NumPy arrays, Numba kernels) or ``"cuda"`` (CuPy arrays).
+    seed : int
+    """
+
+    def __init__(self, cell, shape, dtype, device, seed=0):
+        params, x, dy = seeded_case(cell, shape, dtype, seed)
+        self.layer = make_layer(cell, shape, dtype, device, seed)
+        if device == "cuda":
+            import cupy
+
+            self.x, self.dy = cupy.asarray(x), cupy.asarray(dy)
+            self._synchronize = cupy.cuda.get_current_stream().synchronize
+        else:
+            self.x, self.dy = x, dy
+            self._synchronize = _nothing
+
+    def forward(self):
+        """``layer.forward(x)``: returns ``(y, state, tape)``."""
+        result = self.layer.forward(self.x)
+        self._synchronize()
+        return result
+
+    def forward_backward(self):
+        """``layer.forward(x)`` then ``layer.backward(dy, tape)``: returns ``(dx, dstate0, grads)``."""
+        _, _, tape = self.layer.forward(self.x)
+        result = self.layer.backward(self.dy, tape)
+        self._synchronize()
+        return result
+
+    def checksums(self):
+        """Sums of ``|y|``, ``|dx|`` and ``|dW_hh|``, to check that libraries agree."""
+        y, _, _ = self.forward()
+        dx, _, grads = self.forward_backward()
+        return {"y": _absolute_sum(y), "dx": _absolute_sum(dx),
+                "dweight_hh": _absolute_sum(grads["weight_hh_l0"])}
+
+
+class TorchWorkload:
+    """The same layer as ``torch.nn.LSTM/GRU/RNN``, with the same parameters and inputs.
+
+    ``forward`` is a training forward (autograd on, as rnnkern's forward also
+    keeps its tape); ``forward_backward`` asks for the gradients rnnkern
+    returns: input, initial state and parameters.  On CUDA, TF32 is off so
+    cuDNN computes in full float32 as rnnkern does.
+    """
+
+    def __init__(self, cell, shape, dtype, device, seed=0, threads=None):
+        import torch
+
+        if device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            self._synchronize = torch.cuda.synchronize
+        else:
+            self._synchronize = _nothing
+        if threads is not None:
+            torch.set_num_threads(threads)
+        params, x, dy = seeded_case(cell, shape, dtype, seed)
+        options = {"dtype": getattr(torch, dtype), "device": device}
+        if cell == "lstm":
+            module = torch.nn.LSTM(shape.I, shape.H, **options)
+        elif cell == "gru":
+            module = torch.nn.GRU(shape.I, shape.H, **options)
+        else:
+            module = torch.nn.RNN(shape.I, shape.H, nonlinearity=cell[4:], **options)
+        module.load_state_dict({name: torch.from_numpy(p) for name, p in params.items()})
+        self.module = module
+        self.x = torch.from_numpy(x).to(device).requires_grad_()
+        self.dy = torch.from_numpy(dy).to(device)
+        zeros = [torch.zeros((1, shape.B, shape.H), **options).requires_grad_()
+                 for _ in range(2 if cell == "lstm" else 1)]
+        self.state = tuple(zeros) if cell == "lstm" else zeros[0]
+        self._leaves = [self.x, *zeros, *module.parameters()]
+
+    def forward(self):
+        """``module(x, state)``: returns ``(y, state)``."""
+        result = self.module(self.x, self.state)
+        self._synchronize()
+        return result
+
+    def forward_backward(self):
+        """``module(x, state)`` then ``y.backward(dy)``: returns ``dx``.
+
+        Gradients are cleared first (set to None, free) so autograd writes
+        fresh ones, as rnnkern's backward returns fresh arrays, rather than
+        adding into old ones.
+        """
+        for leaf in self._leaves:
+            leaf.grad = None
+        y, _ = self.module(self.x, self.state)
+        y.backward(self.dy)
+        self._synchronize()
+        return self.x.grad
+
+    def checksums(self):
+        """Sums of ``|y|``, ``|dx|`` and ``|dW_hh|`` (see :class:`RnnkernWorkload`)."""
+        y, _ = self.forward()
+        dx = self.forward_backward()
+        return {"y": _absolute_sum(y), "dx": _absolute_sum(dx),
+                "dweight_hh": _absolute_sum(self.module.weight_hh_l0.grad)}
+
+
+class ReferenceWorkload:
+    """The plain NumPy reference (:mod:`rnnkern.reference`) on the same inputs. CPU only."""
+
+    def __init__(self, cell, shape, dtype, device="cpu", seed=0):
+        if device != "cpu":
+            raise ValueError(f"device: the NumPy reference runs on 'cpu' only, got {device!r}")
+        self.cell = cell
+        self.params, self.x, self.dy = seeded_case(cell, shape, dtype, seed)
+        self.dh_n = np.zeros((1, shape.B, shape.H), dtype)
+        self.dc_n = self.dh_n if cell == "lstm" else None
+
+    def forward(self):
+        """``reference_forward``: returns ``(y, h_n, c_n, cache)``."""
+        from .reference import reference_forward
+
+        return reference_forward(self.cell, self.params, self.x)
+
+    def forward_backward(self):
+        """``reference_forward`` then ``reference_backward``: returns ``(dx, dh0, dc0, grads)``."""
+        from .reference import reference_backward, reference_forward
+
+        *_, cache = reference_forward(self.cell, self.params, self.x)
+        return reference_backward(self.dy, self.dh_n, self.dc_n, cache)
+
+    def checksums(self):
+        """Sums of ``|y|``, ``|dx|`` and ``|dW_hh|`` (see :class:`RnnkernWorkload`)."""
+        y, *_ = self.forward()
+        dx, _, _, grads = self.forward_backward()
+        return {"y": _absolute_sum(y), "dx": _absolute_sum(dx),
+                "dweight_hh": _absolute_sum(grads["weight_hh_l0"])}
+
+
+def _nothing():
+    """Synchronize on the CPU: every call has finished when it returns."""
+
+
+def _timed(call):
+    """Seconds taken by ``call()``, with the garbage collector held off as timeit does."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        result = call()
+        elapsed = time.perf_counter() - start
+    finally:
+        gc.enable()
+    del result
+    return elapsed
+
+
+def _workload(library, cell, shape, dtype, device, seed, threads):
+    if library == "rnnkern":
+        return RnnkernWorkload(cell, shape, dtype, device, seed)
+    if library == "torch":
+        return TorchWorkload(cell, shape, dtype, device, seed, threads)
+    if library == "reference":
+        return ReferenceWorkload(cell, shape, dtype, device, seed)
+    raise ValueError(f"library: expected rnnkern, torch or reference, got {library!r}")
+
+
+def _library_unavailable_reason(library, device):
+    if library == "torch":
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed"
+        if device == "cuda" and not torch.cuda.is_available():
+            return f"torch {torch.__version__} has no CUDA device"
+    if library == "reference" and device != "cpu":
+        return "the NumPy reference runs on the CPU only"
+    if device == "cuda":
+        return gpu_unavailable_reason()
+    return None
+
+
+def _library_info(library, device):
+    info = {"python": platform.python_version(), "numpy": np.__version__}
+    if library == "torch":
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_mkldnn"] = bool(torch.backends.mkldnn.is_available())
+        if device == "cuda":
+            info["cudnn"] = torch.backends.cudnn.version()
+    if library == "rnnkern":
+        import rnnkern
+
+        info["rnnkern"] = rnnkern.__version__
+        info["numba"] = importlib.metadata.version("numba")
+    info["blas"] = _blas_description()
+    return info
+
+
+def _blas_description():
+    """The BLAS libraries loaded in this process, e.g. ``openblas 0.3.31 (2 threads)``."""
+    from threadpoolctl import threadpool_info
+
+    return ", ".join(f"{pool['internal_api']} {pool.get('version')} ({pool['num_threads']} threads)"
+                     for pool in threadpool_info() if pool["user_api"] == "blas")
+
+
+def _time_cases(request):
+    library, device, dtype = request["library"], request["device"], request["dtype"]
+    reason = _library_unavailable_reason(library, device)
+    if reason is not None:
+        return {"unavailable": reason}
+    results = []
+    for case in request["cases"]:
+        shape = BenchShape(*case["shape"])
+        workload = _workload(library, case["cell"], shape, dtype, device,
+                             request["seed"], request["threads"])
+        warmup_seconds = _timed(workload.forward_backward)
+        forward, forward_backward = [], []
+        for _ in range(request["repeats"]):
+            forward.append(_timed(workload.forward))
+            forward_backward.append(_timed(workload.forward_backward))
+        results.append({"cell": case["cell"], "shape": case["shape"],
+                        "warmup_seconds": warmup_seconds, "forward": forward,
+                        "forward_backward": forward_backward,
+                        "checksums": workload.checksums()})
+        del workload
+    return {"info": _library_info(library, device), "cases": results}
+
+
+def _time_gemms(request):
+    """Seconds for ``calls`` back-to-back ``(m, k) @ (k, n)`` products, ``repeats`` times."""
+    device, dtype = request["device"], request["dtype"]
+    if device == "cuda":
+        reason = gpu_unavailable_reason()
+        if reason is not None:
+            return {"unavailable": reason}
+        import cupy as xp
+
+        synchronize = xp.cuda.get_current_stream().synchronize
+    else:
+        xp, synchronize = np, _nothing
+    rng = np.random.default_rng(0)
+    results = []
+    for m, k, n, calls in request["gemms"]:
+        a = xp.asarray(rng.standard_normal((m, k)).astype(dtype))
+        b = xp.asarray(rng.standard_normal((k, n)).astype(dtype))
+        out = xp.empty((m, n), dtype)
+
+        def products():
+            for _ in range(calls):
+                xp.matmul(a, b, out=out)
+            synchronize()
+
+        products()
+        seconds = [_timed(products) for _ in range(request["repeats"])]
+        results.append({"m": m, "k": k, "n": n, "calls": calls, "seconds": seconds})
+    return {"info": _device_info(device), "gemms": results}
+
+
+def _first_call(request):
+    """Seconds of the first forward+backward in this (fresh) process."""
+    device = request["device"]
+    reason = gpu_unavailable_reason() if device == "cuda" else None
+    if reason is not None:
+        return {"unavailable": reason}
+    workload = RnnkernWorkload(request["cell"], BenchShape(*request["shape"]),
+                               request["dtype"], device)
+    return {"seconds": _timed(workload.forward_backward)}
+
+
+def _device_info(device):
+    info = {"platform": platform.platform(), "cpu": _cpu_model(),
+            "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(), "numpy": np.__version__, "blas": _blas_description()}
+    if device == "cuda":
+        import cupy
+
+        properties = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        info["gpu"] = properties["name"].decode()
+        info["cupy"] = cupy.__version__
+        info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+    return info
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _describe_device(request):
+    device = request["device"]
+    reason = gpu_unavailable_reason() if device == "cuda" else None
+    if reason is not None:
+        return {"unavailable": reason}
+    return {"info": _device_info(device)}
+
+
+_TASKS = {"time": _time_cases, "gemm": _time_gemms, "first_call": _first_call,
+          "device": _describe_device}
+
+
+def main():
+    """Read one JSON request from stdin, print one JSON answer as the last stdout line."""
+    request = json.loads(sys.stdin.read())
+    answer = _TASKS[request["task"]](request)
+    sys.stdout.write("\n" + json.dumps(answer) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
