@@ -1,0 +1,89 @@
+"""Compile check: every CUDA source with every instantiation, through NVRTC.
+
+Needs no GPU: CuPy's low-level NVRTC binding only needs the NVRTC library
+(the ``nvidia-cuda-nvrtc`` wheel of the ``test`` extra, or a CUDA toolkit).
+The program is built exactly as ``RawModule`` builds it: the code string of
+``module_code``, the name expressions of ``KERNEL_SOURCES``, the options of
+``compile_options`` plus those CuPy adds itself (below), for a few GPU
+architectures.
+"""
+
+import contextlib
+import re
+
+import pytest
+
+from rnnkern.cuda_modules import KERNEL_SOURCES, compile_options, module_code
+
+
+def _nvrtc():
+    try:
+        from cupy.cuda import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as err:     # no CuPy, or CuPy without an NVRTC library
+        pytest.skip(f"NVRTC is not available ({type(err).__name__}: {err}); "
+                    f"install rnnkern[test] for the nvidia-cuda-nvrtc wheel")
+    return nvrtc
+
+
+# What CuPy 14's compiler adds to a RawModule's options for NVRTC
+# (cupy/cuda/compiler.py: _compile_with_cache_cuda and
+# _compile_using_nvrtc_no_warning); it compiles to a cubin (-arch=sm_XX).
+CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+# Turing (oldest CUDA 13 supports), Ampere, Hopper.
+ARCHITECTURES = ["sm_75", "sm_80", "sm_90"]
+
+
+@contextlib.contextmanager
+def compiled_program(source, arch):
+    """The NVRTC program of ``source`` with every name expression, compiled for ``arch``."""
+    nvrtc = _nvrtc()
+    options = [*compile_options(), *CUPY_ADDED_OPTIONS, f"-arch={arch}"]
+    program = nvrtc.createProgram(module_code(source), source, [], [])
+    try:
+        for name in KERNEL_SOURCES[source]:
+            nvrtc.addNameExpression(program, name)
+        try:
+            nvrtc.compileProgram(program, options)
+        except nvrtc.NVRTCError as err:
+            pytest.fail(f"{source} with options {options}: {err}\n"
+                        f"{nvrtc.getProgramLog(program)}")
+        yield nvrtc, program
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("source", sorted(KERNEL_SOURCES))
+def test_every_instantiation_compiles(source, arch):
+    names = KERNEL_SOURCES[source]
+    with compiled_program(source, arch) as (nvrtc, program):
+        log = nvrtc.getProgramLog(program)
+        assert "warning" not in log.lower(), log
+        lowered = [nvrtc.getLoweredName(program, name) for name in names]
+        assert len(set(lowered)) == len(names)     # one distinct kernel per expression
+        assert nvrtc.getCUBIN(program)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("source", sorted(KERNEL_SOURCES))
+def test_float_kernels_do_no_double_arithmetic(source):
+    """A float kernel that calls a double function (exp instead of expf)
+    silently runs at FP64 speed; its PTX would contain .f64 instructions."""
+    with compiled_program(source, "compute_90") as (nvrtc, program):
+        ptx = nvrtc.getPTX(program)
+        ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+        for name in KERNEL_SOURCES[source]:
+            if "<float" not in name:
+                continue
+            entry = re.escape(nvrtc.getLoweredName(program, name))
+            body = re.search(rf"\.entry {entry}\(.*?\n}}\n", ptx, re.S)
+            assert body is not None, name
+            assert ".f64" not in body.group(0), f"{name} does double-precision arithmetic"
+
+
+def test_name_expressions_are_unique():
+    for source, names in KERNEL_SOURCES.items():
+        assert len(set(names)) == len(names), source
