@@ -39,14 +39,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
-from .bench_shapes import CELLS, TINY_SHAPES, parse_shape, shapes_for
+from .bench_shapes import CELLS, FIRST_CALL_SHAPE, parse_shape, shapes_for
+from .bench_workers import WorkerError, first_call_seconds, run_in_fresh_process
 from .cells import cell_for
 
 __all__ = ["main"]
@@ -57,14 +55,8 @@ PASS_LABELS = {"forward": "fwd", "forward_backward": "fwd+bwd"}
 DEFAULT_CELLS = ("lstm", "gru", "rnn_tanh")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "NUMBA_NUM_THREADS")
-#: First-call times are taken on the small shape: they measure compilation.
-FIRST_CALL_SHAPE = TINY_SHAPES[-1]
 #: Checksums of libraries doing the same work agree to this relative tolerance.
 AGREEMENT_TOLERANCE = {"float32": 1e-3, "float64": 1e-8}
-
-
-class WorkerError(RuntimeError):
-    """A benchmark worker process failed; the message holds its stderr."""
 
 
 def main(argv=None):
@@ -153,19 +145,13 @@ def _usable_cores():
 
 # ---------------------------------------------------------------------- workers
 
-def _run_worker(request, threads, extra_environment=None):
-    """Run one worker process on ``request``; return its JSON answer."""
-    environment = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
-    environment.update(extra_environment or {})
-    completed = subprocess.run([sys.executable, "-m", "rnnkern.bench_workers"],
-                               input=json.dumps(request), capture_output=True, text=True,
-                               env=environment)
-    if completed.returncode != 0:
-        what = request.get("library", request["task"])
-        raise WorkerError(f"the {what} worker failed (exit {completed.returncode}):\n"
-                          f"{completed.stderr[-3000:]}")
-    lines = [line for line in completed.stdout.splitlines() if line.strip()]
-    return json.loads(lines[-1])
+def _run_worker(request, threads):
+    """Run one worker process on ``request`` with ``threads`` threads per library."""
+    return run_in_fresh_process(request, _thread_environment(threads))
+
+
+def _thread_environment(threads):
+    return {name: str(threads) for name in THREAD_VARIABLES}
 
 
 def _run_rounds(args, cases, gemms, threads):
@@ -226,33 +212,11 @@ def _run_rounds(args, cases, gemms, threads):
 
 
 def _measure_first_calls(args, cells, threads):
-    """``cell -> {"cold": s, "cached": s}``: first forward+backward in a fresh process.
-
-    Cold: the Numba and CuPy kernel caches point at an empty directory, so
-    everything compiles.  Cached: a first process fills a cache directory and a
-    second one, timed, starts from it.
-    """
-    first_calls = {}
-    request = {"task": "first_call", "device": args.device, "dtype": args.dtype,
-               "shape": _shape_list(FIRST_CALL_SHAPE)}
-    for cell in cells:
-        request["cell"] = cell
-        seconds = {}
-        for kind, runs in (("cold", 1), ("cached", 2)):
-            cache = tempfile.mkdtemp(prefix="rnnkern-kernel-cache-")
-            try:
-                for _ in range(runs):
-                    answer = _run_worker(request, threads, _kernel_cache_environment(cache))
-            finally:
-                shutil.rmtree(cache, ignore_errors=True)
-            seconds[kind] = answer.get("seconds")
-        first_calls[cell] = seconds
-    return first_calls
-
-
-def _kernel_cache_environment(directory):
-    """Environment that sends Numba's and CuPy's on-disk kernel caches to ``directory``."""
-    return {"NUMBA_CACHE_DIR": directory, "CUPY_CACHE_DIR": directory}
+    """``cell -> {"cold": s, "cached": s}`` (see ``bench_workers.first_call_seconds``)."""
+    return {cell: {kind: first_call_seconds(cell, args.dtype, args.device, kind == "cached",
+                                            _thread_environment(threads))
+                   for kind in ("cold", "cached")}
+            for cell in cells}
 
 
 def _shape_list(shape):

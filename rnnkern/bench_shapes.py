@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 
 __all__ = ["BenchShape", "CELLS", "DTYPES", "CPU_SHAPES", "GPU_SHAPES", "TINY_SHAPES",
-           "SHAPES_VARIABLE", "shape_selection", "shapes_for", "all_shapes", "parse_shape"]
+           "FIRST_CALL_SHAPE", "SHAPES_VARIABLE", "shape_selection", "shapes_for", "all_shapes", "parse_shape"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,10 @@ TINY_SHAPES = (
     BenchShape(T=5, B=1, I=4, H=8),
     BenchShape(T=5, B=3, I=4, H=8),
 )
+
+#: First-call (compilation) times are taken on this small shape, so that they
+#: measure compilation rather than the call itself.
+FIRST_CALL_SHAPE = TINY_SHAPES[-1]
 
 SHAPES_VARIABLE = "RNNKERN_BENCH_SHAPES"
 

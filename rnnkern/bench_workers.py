@@ -21,7 +21,8 @@ timed calls.  Requests::
 
 A library that cannot run here (torch not installed, no GPU) answers
 ``{"unavailable": "why"}`` and exits 0; anything else that goes wrong is an
-exception, a traceback on stderr and a non-zero exit.
+exception, a traceback on stderr and a non-zero exit.  The client side is
+:func:`run_in_fresh_process`.
 
 The workload classes are also what the asv benchmarks time, so both measure
 the same calls on the same seeded inputs.  Each has ``forward()`` and
@@ -36,15 +37,73 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-from .bench_shapes import BenchShape
+from dataclasses import astuple
+
+from .bench_shapes import FIRST_CALL_SHAPE, BenchShape
 
 __all__ = ["make_layer", "seeded_case", "RnnkernWorkload", "TorchWorkload",
-           "ReferenceWorkload", "gpu_unavailable_reason"]
+           "ReferenceWorkload", "gpu_unavailable_reason", "WorkerError",
+           "run_in_fresh_process", "first_call_seconds"]
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed; the message holds the end of its stderr."""
+
+
+def run_in_fresh_process(request, environment=None):
+    """Send ``request`` to a new ``python -m rnnkern.bench_workers``; return its answer.
+
+    Parameters
+    ----------
+    request : dict
+        One of the requests in the module docstring.
+    environment : dict, optional
+        Variables added to this process's environment for the worker.
+
+    Raises
+    ------
+    WorkerError
+        If the worker exits with an error.
+    """
+    completed = subprocess.run([sys.executable, "-m", "rnnkern.bench_workers"],
+                               input=json.dumps(request), capture_output=True, text=True,
+                               env=dict(os.environ, **(environment or {})))
+    if completed.returncode != 0:
+        what = request.get("library", request["task"])
+        raise WorkerError(f"the {what} worker failed (exit {completed.returncode}):\n"
+                          f"{completed.stderr[-3000:]}")
+    lines = [line for line in completed.stdout.splitlines() if line.strip()]
+    return json.loads(lines[-1])
+
+
+def first_call_seconds(cell, dtype, device, cached, environment=None):
+    """Seconds of rnnkern's first forward+backward in a fresh process, or None.
+
+    The call is made on :data:`rnnkern.bench_shapes.FIRST_CALL_SHAPE`, so the
+    time is mostly compilation.  Numba's and CuPy's on-disk kernel caches
+    point at a new empty directory: with ``cached=False`` everything compiles
+    (a cold start); with ``cached=True`` a first process fills the cache and a
+    second one, the one timed, starts from it.  None if ``device`` is
+    unavailable here.
+    """
+    request = {"task": "first_call", "cell": cell, "dtype": dtype, "device": device,
+               "shape": list(astuple(FIRST_CALL_SHAPE))}
+    cache = tempfile.mkdtemp(prefix="rnnkern-kernel-cache-")
+    try:
+        environment = dict(environment or {}, NUMBA_CACHE_DIR=cache, CUPY_CACHE_DIR=cache)
+        for _ in range(2 if cached else 1):
+            answer = run_in_fresh_process(request, environment)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return answer.get("seconds")
 
 
 def make_layer(cell, shape, dtype, device, seed):

@@ -1,0 +1,127 @@
+"""Recurrent layers: time, host and GPU memory, first-call (compile) time.
+
+Parameters come from :mod:`rnnkern.bench_shapes` (``RNNKERN_BENCH_SHAPES=tiny``
+selects the tiny shapes for smoke runs):
+
+- ``cell``: lstm, gru, rnn_tanh, rnn_relu, one layer, one direction;
+- ``backend``: ``numpy`` (NumPy arrays, Numba kernels) always; ``cupy``
+  (CuPy arrays, CUDA kernels) only where CuPy imports and finds a GPU;
+- ``dtype``: float32, float64;
+- ``shape``: ``"T,B,I,H"``; a shape runs on the backends whose device lists
+  it (``CPU_SHAPES`` for numpy, ``GPU_SHAPES`` for cupy).
+
+Combinations that cannot or should not run raise ``NotImplementedError`` in
+``setup``, which asv reports as skipped.  The timed workload is
+:class:`rnnkern.bench_workers.RnnkernWorkload`, the one ``python -m rnnkern
+bench`` times: seeded inputs, and calls that return only once the GPU stream
+is idle.  ``setup`` makes one warm-up call so that JIT (Numba) and NVRTC
+compilation stay out of the timings; :class:`FirstCall` measures them.
+"""
+
+from rnnkern.bench_shapes import CELLS, DTYPES, all_shapes, parse_shape, shapes_for
+from rnnkern.bench_workers import RnnkernWorkload, first_call_seconds, gpu_unavailable_reason
+
+BACKENDS = ("numpy", "cupy")
+DEVICE_OF_BACKEND = {"numpy": "cpu", "cupy": "cuda"}
+SHAPES = [str(shape) for shape in all_shapes()]
+
+
+def skip_unless_runnable(backend, shape=None):
+    """Raise NotImplementedError (asv: skip) if ``backend`` cannot or should not run ``shape``."""
+    device = DEVICE_OF_BACKEND[backend]
+    if shape is not None and parse_shape(shape) not in shapes_for(device):
+        raise NotImplementedError(f"shape {shape} is not benchmarked on {backend}")
+    reason = gpu_unavailable_reason() if device == "cuda" else None
+    if reason is not None:
+        raise NotImplementedError(reason)
+
+
+def warm_workload(cell, backend, dtype, shape):
+    """The workload, after one forward+backward that compiles its kernels."""
+    skip_unless_runnable(backend, shape)
+    workload = RnnkernWorkload(cell, parse_shape(shape), dtype, DEVICE_OF_BACKEND[backend])
+    workload.forward_backward()
+    return workload
+
+
+class LayerTime:
+    """Wall time of ``layer.forward(x)`` and of forward followed by ``backward``."""
+
+    params = [CELLS, BACKENDS, DTYPES, SHAPES]
+    param_names = ["cell", "backend", "dtype", "shape"]
+    timeout = 300
+
+    def setup(self, cell, backend, dtype, shape):
+        self.workload = warm_workload(cell, backend, dtype, shape)
+
+    def time_forward(self, cell, backend, dtype, shape):
+        self.workload.forward()
+
+    def time_forward_backward(self, cell, backend, dtype, shape):
+        self.workload.forward_backward()
+
+
+class HostMemory:
+    """Peak resident memory of a process that runs forward+backward on NumPy arrays."""
+
+    params = [CELLS, DTYPES, SHAPES]
+    param_names = ["cell", "dtype", "shape"]
+    timeout = 300
+
+    def setup(self, cell, dtype, shape):
+        self.workload = warm_workload(cell, "numpy", dtype, shape)
+
+    def peakmem_forward_backward(self, cell, dtype, shape):
+        self.workload.forward_backward()
+
+
+class GpuPoolMemory:
+    """Bytes of CuPy's default memory pool around the calls on CuPy arrays."""
+
+    params = [CELLS, DTYPES, SHAPES]
+    param_names = ["cell", "dtype", "shape"]
+    unit = "bytes"
+    timeout = 300
+
+    def setup(self, cell, dtype, shape):
+        self.workload = warm_workload(cell, "cupy", dtype, shape)
+        import cupy
+
+        self.pool = cupy.get_default_memory_pool()
+        self.pool.free_all_blocks()
+
+    def track_pool_used_bytes_kept_by_forward(self, cell, dtype, shape):
+        """Bytes that y, the state and the tape hold after ``forward``."""
+        before = self.pool.used_bytes()
+        y_state_tape = self.workload.forward()
+        kept = self.pool.used_bytes() - before
+        del y_state_tape
+        return kept
+
+    def track_pool_total_bytes_forward_backward(self, cell, dtype, shape):
+        """Pool size after one forward+backward from an emptied pool (its high-water
+        mark), inputs and parameters included."""
+        self.workload.forward_backward()
+        return self.pool.total_bytes()
+
+
+class FirstCall:
+    """Seconds of the first forward+backward in a fresh process: mostly compilation.
+
+    Cold: Numba's and CuPy's kernel caches start empty.  Cached: they were
+    filled by an earlier process.  See ``rnnkern.bench_workers.first_call_seconds``.
+    """
+
+    params = [CELLS, BACKENDS, DTYPES]
+    param_names = ["cell", "backend", "dtype"]
+    unit = "seconds"
+    timeout = 600
+
+    def setup(self, cell, backend, dtype):
+        skip_unless_runnable(backend)
+
+    def track_first_call_cold(self, cell, backend, dtype):
+        return first_call_seconds(cell, dtype, DEVICE_OF_BACKEND[backend], cached=False)
+
+    def track_first_call_cached(self, cell, backend, dtype):
+        return first_call_seconds(cell, dtype, DEVICE_OF_BACKEND[backend], cached=True)
