@@ -1,0 +1,185 @@
+"""The benchmarks themselves run: every asv benchmark once on the tiny shapes,
+``asv check`` accepts them, and ``python -m rnnkern bench`` writes its figures.
+
+A benchmark that breaks (an API change, a typo in a rarely run combination)
+fails here, on machines without a GPU too, instead of in someone's nightly
+asv run.
+"""
+
+import importlib
+import importlib.util
+import inspect
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnnkern.bench_shapes import (CPU_SHAPES, SHAPES_VARIABLE, TINY_SHAPES, parse_shape,
+                                  shape_selection)
+from rnnkern.bench_workers import gpu_unavailable_reason
+from rnnkern.cells import cell_for
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARK_PREFIXES = ("time_", "timeraw_", "peakmem_", "mem_", "track_")
+GPU_MISSING = gpu_unavailable_reason()
+TORCH_INSTALLED = importlib.util.find_spec("torch") is not None
+
+
+def _load_benchmarks():
+    """``asv_bench/benchmarks/recurrent.py``, imported with the tiny shapes selected."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SHAPES_VARIABLE, "tiny")
+        patch.syspath_prepend(str(REPO / "asv_bench"))
+        return importlib.import_module("benchmarks.recurrent")
+
+
+BENCHMARKS = _load_benchmarks()
+
+
+def _benchmark_methods(cls):
+    return [name for name in dir(cls) if name.startswith(BENCHMARK_PREFIXES)]
+
+
+def _cases():
+    """(class, parameter combination) for every asv benchmark class.
+
+    FirstCall runs for one cell and dtype only: each of its calls starts
+    fresh processes that compile every kernel, seconds apiece.
+    """
+    classes = [cls for _, cls in inspect.getmembers(BENCHMARKS, inspect.isclass)
+               if cls.__module__ == BENCHMARKS.__name__ and _benchmark_methods(cls)]
+    for cls in classes:
+        for params in itertools.product(*cls.params):
+            named = dict(zip(cls.param_names, params))
+            if cls.__name__ == "FirstCall" and (named["cell"], named["dtype"]) != ("lstm", "float32"):
+                continue
+            yield pytest.param(cls, params, id=f"{cls.__name__}-{'-'.join(params)}")
+
+
+def test_the_benchmarks_use_the_tiny_shapes():
+    assert BENCHMARKS.SHAPES == [str(shape) for shape in TINY_SHAPES]
+    assert {cls.__name__ for _, cls in inspect.getmembers(BENCHMARKS, inspect.isclass)} >= {
+        "LayerTime", "HostMemory", "GpuPoolMemory", "FirstCall"}
+
+
+@pytest.mark.parametrize("benchmark_class, params", list(_cases()))
+def test_benchmark_runs_once(benchmark_class, params, monkeypatch):
+    monkeypatch.setenv(SHAPES_VARIABLE, "tiny")
+    benchmark = benchmark_class()
+    try:
+        benchmark.setup(*params)
+    except NotImplementedError as why:
+        # With the tiny shapes (on every device) the only reason to skip is a missing GPU.
+        assert GPU_MISSING is not None and str(why) == GPU_MISSING, why
+        pytest.skip(str(why))
+    for name in _benchmark_methods(benchmark_class):
+        result = getattr(benchmark, name)(*params)
+        if name.startswith("track_"):
+            assert isinstance(result, (int, float)) and result > 0, (name, result)
+        else:
+            assert result is None, (name, result)
+    if hasattr(benchmark, "teardown"):
+        benchmark.teardown(*params)
+
+
+def test_asv_check_accepts_the_benchmarks():
+    pytest.importorskip("asv")
+    completed = subprocess.run([sys.executable, "-m", "asv", "check", "--python=same"],
+                               cwd=REPO, capture_output=True, text=True, timeout=120,
+                               env=_environment(RNNKERN_BENCH_SHAPES="tiny"))
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "No problems found" in completed.stdout
+
+
+def _environment(**variables):
+    import os
+
+    return dict(os.environ, **variables)
+
+
+def _run_bench(*arguments, **environment):
+    return subprocess.run([sys.executable, "-m", "rnnkern", "bench", *arguments],
+                          capture_output=True, text=True, timeout=300,
+                          env=_environment(**environment))
+
+
+def test_bench_command_writes_every_figure(tmp_path):
+    report_file = tmp_path / "bench.json"
+    shape = parse_shape("5,3,4,8")
+    completed = _run_bench("--cell", "lstm", "gru", "--shape", str(shape), "--repeats", "2",
+                           "--rounds", "1", "--json", str(report_file))
+    assert completed.returncode == 0, completed.stderr
+    assert "torch/rnnkern" in completed.stdout and "floor ms" in completed.stdout
+
+    report = json.loads(report_file.read_text())
+    assert report["settings"]["repeats"] == 2 and report["settings"]["threads"] >= 1
+    assert report["machine"]["cpu_count"] >= 1
+    libraries = ("rnnkern", "torch", "reference") if TORCH_INSTALLED else ("rnnkern", "reference")
+    rows = report["rows"]
+    assert [(row["cell"], row["pass"]) for row in rows] == [
+        ("lstm", "forward"), ("lstm", "forward_backward"),
+        ("gru", "forward"), ("gru", "forward_backward")]
+    for row in rows:
+        assert row["shape"] == [5, 3, 4, 8]
+        for library in libraries:
+            assert len(row["samples"][library]) == 2
+            assert row["seconds"][library] > 0
+            assert row["percent_of_floor"][library] > 0
+        assert row["ratios"]["reference/rnnkern"] == pytest.approx(
+            row["seconds"]["reference"] / row["seconds"]["rnnkern"])
+        if TORCH_INSTALLED:
+            assert row["ratios"]["torch/rnnkern"] == pytest.approx(
+                row["seconds"]["torch"] / row["seconds"]["rnnkern"])
+        # Forward GEMMs: 2*T*B*G*H*(I+H) FLOPs; forward+backward does three times that.
+        forward_flops = 2 * shape.T * shape.B * cell_for(row["cell"]).num_gates * shape.H * (
+            shape.I + shape.H)
+        assert row["floor"]["flops"] == forward_flops * (1 if row["pass"] == "forward" else 3)
+        assert row["floor"]["seconds"] > 0
+        assert row["libraries_agree"] is True, row["checksums"]
+
+
+def test_bench_without_torch_says_n_a(tmp_path):
+    """A ``torch`` package that fails to import stands in for torch not installed."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('no torch here')\n")
+    report_file = tmp_path / "bench.json"
+    completed = _run_bench("--cell", "rnn_tanh", "--shape", "5,1,4,8", "--repeats", "1",
+                           "--rounds", "1", "--json", str(report_file),
+                           PYTHONPATH=str(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    assert "torch: n/a, torch is not installed" in completed.stdout
+    report = json.loads(report_file.read_text())
+    for row in report["rows"]:
+        assert row["seconds"]["torch"] is None and row["ratios"]["torch/rnnkern"] is None
+        assert row["seconds"]["rnnkern"] > 0
+
+
+@pytest.mark.skipif(GPU_MISSING is None, reason="a GPU is present")
+def test_bench_on_cuda_without_a_gpu_says_why():
+    completed = _run_bench("--device", "cuda", "--shape", "5,1,4,8")
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == f"--device cuda: {GPU_MISSING}"
+
+
+def test_bench_modules_import_neither_torch_nor_cupy():
+    code = ("import sys, rnnkern.bench, rnnkern.bench_shapes, rnnkern.bench_workers; "
+            "print(sorted({'torch', 'cupy'} & set(sys.modules)))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True)
+    assert completed.stdout.strip() == "[]"
+
+
+def test_shape_selection_and_parsing(monkeypatch):
+    monkeypatch.delenv(SHAPES_VARIABLE, raising=False)
+    assert shape_selection() == "full"
+    assert parse_shape("100,32,128,256") == CPU_SHAPES[1]
+    assert str(CPU_SHAPES[1]) == "100,32,128,256"
+    for bad in ("100,32,128", "100,0,128,256", "a,b,c,d"):
+        with pytest.raises(ValueError, match="T,B,I,H"):
+            parse_shape(bad)
+    monkeypatch.setenv(SHAPES_VARIABLE, "huge")
+    with pytest.raises(ValueError, match=SHAPES_VARIABLE):
+        shape_selection()
