@@ -96,9 +96,10 @@ def _time_order(T, reverse):
 def _state_slots(t, reverse):
     """(slot read, slot written) of the (T+1, B, H) state buffer at time t.
 
-    Slot t holds the state before step t going forward, slot t+1 going in
-    reverse, so ``states[0:T]`` (forward) or ``states[1:T+1]`` (reverse) are
-    the states h_{t-1} each step saw, in time order, without a copy.
+    Slot t holds the state before step t going forward (h0 in slot 0, h_n in
+    slot T), slot t+1 going in reverse (h0 in slot T, h_n in slot 0), so
+    ``states[0:T]`` (forward) or ``states[1:T+1]`` (reverse) are the states
+    each step started from, in time order, without a copy.
     """
     return (t + 1, t) if reverse else (t, t + 1)
 
@@ -126,7 +127,7 @@ def forward_direction_with(launcher, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, le
     gx += b_ih
     lengths = _int32_lengths(xp, lengths, B, T)
     w_hh_t = xp.ascontiguousarray(w_hh.T)              # (H, G*H), read by every step's GEMM
-    first_slot = _state_slots(T - 1 if reverse else 0, reverse)[0]
+    first_slot, last_slot = (T, 0) if reverse else (0, T)      # h0 and h_n, see _state_slots
     h_states = xp.empty((T + 1, B, H), dtype=dtype)
     h_states[first_slot] = h0
     c_states = None
@@ -157,7 +158,6 @@ def forward_direction_with(launcher, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, le
             buffers["gh_n_t"] = gh_n[t]
         launcher.launch(name, grid, block, [buffers[p] for p in parameters] + [np.int32(t), *sizes])
 
-    last_slot = _state_slots(0 if reverse else T - 1, reverse)[1]
     seen = slice(1, T + 1) if reverse else slice(0, T)       # h_{t-1} of each step, in time order
     saved = {"x_flat": x_flat, "w_ih": w_ih, "w_hh": w_hh, "lengths": lengths,
              "reverse": reverse, "gates": gates, "gh_n": gh_n, "h_prev": h_states[seen],
