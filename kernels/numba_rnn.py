@@ -25,6 +25,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 from numba.core import types
+from llvmlite import ir
 from numba.extending import intrinsic, overload
 
 # One fastmath setting for the package, without nnan/ninf so NaN and inf still
@@ -154,15 +155,68 @@ def tanh(x):
     return one(x) - (one(x) + one(x)) / (fast_exp(x + x) + one(x))
 
 
-@nb.njit(**JIT)
-def gemm(a, b, out):
-    """out = a @ b through the BLAS Numba links (SciPy's).
+# ----------------------------------------------------------------------------
+# GEMM: out = a @ b, through one of two BLAS
+#
+# ``blas`` is the address of a CBLAS ``?gemm`` (MKL's, see
+# rnnkern.backends.cpu_blas) or 0 for ``np.dot``, which Numba sends to SciPy's
+# OpenBLAS.  Passing the address at run time (not baking it in) keeps the
+# compiled code cacheable and lets one build serve both.  Every GEMM of the
+# backend comes here, none to NumPy's matmul: NumPy's OpenBLAS has a thread
+# pool of its own whose spinning workers were measured stealing our cores.
+# ----------------------------------------------------------------------------
 
-    The backend sends every GEMM here, not to NumPy's matmul: NumPy and SciPy
-    each bundle an OpenBLAS with its own thread pool, and workers of one that
-    keep spinning after a call were measured stealing the cores of the other.
-    """
-    np.dot(a, b, out)
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+@intrinsic
+def _cblas_gemm(typingctx, address, transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+    """cblas_?gemm(RowMajor, transa, transb, m, n, k, 1, a, lda, b, ldb, 0, c, ldc)."""
+    scalar = c.dtype
+    if scalar not in (types.float32, types.float64):
+        return None
+    sig = types.void(address, transa, transb, m, n, k, a, lda, b, ldb, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        real = context.get_value_type(scalar)
+        ptr = real.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i32, i32, i32, real, ptr, i32,
+                                               ptr, i32, real, ptr, i32])
+        function = builder.inttoptr(args[0], fnty.as_pointer())
+
+        def integer(i):
+            return context.cast(builder, args[i], signature.args[i], types.int32)
+
+        def data(i):
+            return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+        builder.call(function, [ir.Constant(i32, _ROW_MAJOR), integer(1), integer(2),
+                                integer(3), integer(4), integer(5), ir.Constant(real, 1.0),
+                                data(6), integer(7), data(8), integer(9),
+                                ir.Constant(real, 0.0), data(10), integer(11)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@nb.njit(**JIT)
+def gemm(blas, a, b, out):
+    """out = a @ b (2-D; a, b C- or F-contiguous, out C-contiguous)."""
+    if blas == 0:
+        np.dot(a, b, out)
+        return
+    M, K = a.shape
+    N = b.shape[1]
+    if a.flags.c_contiguous:
+        transa, lda = _NO_TRANS, K
+    else:                                   # a transposed C array: a.T is C
+        transa, lda = _TRANS, M
+    if b.flags.c_contiguous:
+        transb, ldb = _NO_TRANS, N
+    else:
+        transb, ldb = _TRANS, K
+    _cblas_gemm(blas, transa, transb, M, N, K, a, lda, b, ldb, out, N)
 
 
 # ----------------------------------------------------------------------------
@@ -219,13 +273,14 @@ def _gru_forward_row(gx, gh, b_hh, h, y, gates, gh_n):
 
 
 @nb.njit(**JIT)
-def forward_sequence(cell, gx, w_hh_t, b_hh, h, c, lengths, reverse,
+def forward_sequence(cell, blas, gx, w_hh_t, b_hh, h, c, lengths, reverse,
                      y, h_prev, c_prev, gates, gh_n, gh):
     """Run one layer-direction forward over all T steps.
 
     Parameters (outputs after the inputs they pair with)
     ----------
     cell : int           one of RNN_TANH, RNN_RELU, LSTM, GRU
+    blas : int           GEMM to use (see gemm)
     gx : (T, B, G*H)     x @ W_ih^T + b_ih for every step
     w_hh_t : (H, G*H)    W_hh transposed, C-contiguous
     b_hh : (G*H,)
@@ -244,7 +299,7 @@ def forward_sequence(cell, gx, w_hh_t, b_hh, h, c, lengths, reverse,
         t = T - 1 - s if reverse else s
         h_prev[t] = h
         c_prev[t] = c
-        np.dot(h, w_hh_t, gh)
+        gemm(blas, h, w_hh_t, gh)
         for b in range(B):
             if t < lengths[b]:
                 if cell == LSTM:
@@ -314,13 +369,14 @@ def _gru_backward_row(dy, dh, gates, gh_n, h_prev, dgx, dgh):
 
 
 @nb.njit(**JIT)
-def backward_sequence(cell, dy, w_hh, gates, gh_n, h_prev, c_prev, lengths, reverse,
+def backward_sequence(cell, blas, dy, w_hh, gates, gh_n, h_prev, c_prev, lengths, reverse,
                       dh, dc, dgx, dgh, dh_through_w):
     """Backpropagate one layer-direction through all T steps.
 
     Parameters (outputs after the inputs they pair with)
     ----------
     cell : int           one of RNN_TANH, RNN_RELU, LSTM, GRU
+    blas : int           GEMM to use (see gemm)
     dy : (T, B, H)       gradient of y
     w_hh : (G*H, H)      C-contiguous
     gates, gh_n, h_prev, c_prev, lengths, reverse : as kept by forward_sequence
@@ -346,5 +402,5 @@ def backward_sequence(cell, dy, w_hh, gates, gh_n, h_prev, c_prev, lengths, reve
             else:                               # padded step: dh, dc pass through
                 dgx[t, b] = 0
                 dgh[t, b] = 0
-        np.dot(dgh[t], w_hh, dh_through_w)
+        gemm(blas, dgh[t], w_hh, dh_through_w)
         dh += dh_through_w                      # dh_{t-1} = direct part + dgh W_hh

@@ -115,3 +115,25 @@ def test_call_returns_output_and_state_like_torch(rng):
     ref = torch_run(lstm, x)
     np.testing.assert_allclose(h, ref["h_n"], **TOLERANCE["float64"])
     np.testing.assert_allclose(c, ref["c_n"], **TOLERANCE["float64"])
+
+
+@pytest.fixture(params=["openblas", "mkl"])
+def blas(request):
+    """Run a test on each CPU BLAS the Numba kernels can call."""
+    from rnnkern.backends import cpu_blas
+    before = cpu_blas.blas_name()
+    try:
+        cpu_blas.use_blas(request.param)
+    except RuntimeError:
+        pytest.skip("MKL (libmkl_rt) is not installed")
+    yield request.param
+    cpu_blas.use_blas(before)
+
+
+@pytest.mark.parametrize("name,extra", CELLS, ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matches_torch_on_each_blas(blas, name, extra, dtype):
+    cfg = dict(name=name, extra=extra, T=6, B=5, I=7, H=11, num_layers=2, bidirectional=True,
+               batch_first=False, bias=True, dtype=dtype, with_state=True, with_dstate=True,
+               seed=11, lengths=[6, 2, 5, 1, 6])
+    check_against_torch(cfg)
