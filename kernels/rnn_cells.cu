@@ -28,13 +28,17 @@
 
 using index_t = long long;
 
-// First element of this thread, and the stride of the grid-stride loop.
-__device__ __forceinline__ index_t first_element() {
-    return index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-
-__device__ __forceinline__ index_t grid_stride() {
-    return index_t(blockDim.x) * gridDim.x;
+// Calls body(e, b, j) for each element e = b * H + j of the (B, H) state
+// that this thread owns: a grid-stride loop, so any grid covers them all.
+template <typename Body>
+__device__ __forceinline__ void for_each_state_element(int batch, int hidden, Body body) {
+    const index_t H = hidden;
+    const index_t count = index_t(batch) * H;
+    const index_t stride = index_t(blockDim.x) * gridDim.x;
+    for (index_t e = index_t(blockIdx.x) * blockDim.x + threadIdx.x; e < count; e += stride) {
+        const index_t b = e / H;
+        body(e, b, e - b * H);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -53,17 +57,14 @@ __global__ void rnn_forward_step(
     const int* __restrict__ lengths,   // [B]
     int t, int batch, int hidden)
 {
-    const index_t H = hidden;
-    const index_t count = index_t(batch) * H;
-    for (index_t e = first_element(); e < count; e += grid_stride()) {
-        const index_t b = e / H, j = e - b * H;
+    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
         // h = act(gx + gh + b_hh)
         const T h = Activation::forward(gx_t[e] + gh[e] + b_hh[j]);
         gates_t[e] = h;
         const bool active = t < lengths[b];
         h_next[e] = active ? h : h_prev[e];
         y_t[e] = active ? h : T(0);
-    }
+    });
 }
 
 template <typename T, typename Activation>
@@ -77,10 +78,7 @@ __global__ void rnn_backward_step(
     const int* __restrict__ lengths,   // [B]
     int t, int batch, int hidden)
 {
-    const index_t H = hidden;
-    const index_t count = index_t(batch) * H;
-    for (index_t e = first_element(); e < count; e += grid_stride()) {
-        const index_t b = e / H;
+    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t) {
         const T dh_carried = dh_direct[e] + dh_recurrent[e];
         if (t < lengths[b]) {
             // da = dh act'(a), with dh = dh_carried + dy_t; h_{t-1} reaches
@@ -91,7 +89,7 @@ __global__ void rnn_backward_step(
             dgx_t[e] = T(0);
             dh_prev_direct[e] = dh_carried;
         }
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -115,9 +113,7 @@ __global__ void lstm_forward_step(
     int t, int batch, int hidden)
 {
     const index_t H = hidden;
-    const index_t count = index_t(batch) * H;
-    for (index_t e = first_element(); e < count; e += grid_stride()) {
-        const index_t b = e / H, j = e - b * H;
+    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
         const index_t row = b * 4 * H;           // row b of the [B, 4H] arrays
         // pre-activation of gate k: gx + gh + b_hh
         auto preactivation = [&](int k) {
@@ -138,7 +134,7 @@ __global__ void lstm_forward_step(
         h_next[e] = active ? h : h_prev[e];
         c_next[e] = active ? c : c_prev[e];
         y_t[e] = active ? h : T(0);
-    }
+    });
 }
 
 template <typename T>
@@ -156,9 +152,7 @@ __global__ void lstm_backward_step(
     int t, int batch, int hidden)
 {
     const index_t H = hidden;
-    const index_t count = index_t(batch) * H;
-    for (index_t e = first_element(); e < count; e += grid_stride()) {
-        const index_t b = e / H, j = e - b * H;
+    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
         const index_t row = b * 4 * H;
         const T dh_carried = dh_direct[e] + dh_recurrent[e];
         if (t < lengths[b]) {
@@ -182,7 +176,7 @@ __global__ void lstm_backward_step(
             dc_prev[e] = dc[e];
             dh_prev_direct[e] = dh_carried;
         }
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -205,9 +199,7 @@ __global__ void gru_forward_step(
     int t, int batch, int hidden)
 {
     const index_t H = hidden;
-    const index_t count = index_t(batch) * H;
-    for (index_t e = first_element(); e < count; e += grid_stride()) {
-        const index_t b = e / H, j = e - b * H;
+    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
         const index_t row = b * 3 * H;           // row b of the [B, 3H] arrays
         // recurrent part of gate k with its bias: gh + b_hh
         auto recurrent = [&](int k) { return gh[row + k * H + j] + b_hh[k * H + j]; };
@@ -223,7 +215,7 @@ __global__ void gru_forward_step(
         const bool active = t < lengths[b];
         h_next[e] = active ? h : h_prev[e];
         y_t[e] = active ? h : T(0);
-    }
+    });
 }
 
 template <typename T>
@@ -241,9 +233,7 @@ __global__ void gru_backward_step(
     int t, int batch, int hidden)
 {
     const index_t H = hidden;
-    const index_t count = index_t(batch) * H;
-    for (index_t e = first_element(); e < count; e += grid_stride()) {
-        const index_t b = e / H, j = e - b * H;
+    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
         const index_t row = b * 3 * H;
         const T dh_carried = dh_direct[e] + dh_recurrent[e];
         if (t < lengths[b]) {
@@ -270,5 +260,5 @@ __global__ void gru_backward_step(
             }
             dh_prev_direct[e] = dh_carried;
         }
-    }
+    });
 }
