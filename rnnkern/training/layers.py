@@ -203,10 +203,11 @@ class Dense(_ParameterLayer):
         xp = namespace_of(x, names=["x"])
         params = self._parameters_for(xp, "x")
         v.check_array("x", x, x.ndim, self.dtype, (None,) * (x.ndim - 1) + (self.in_features,))
-        y = xp.matmul(x, xp.permute_dims(params["weight"], (1, 0)))
+        rows = xp.reshape(x, (-1, self.in_features))        # one 2-D GEMM (BLAS) for all rows
+        y = xp.matmul(rows, xp.permute_dims(params["weight"], (1, 0)))
         if self.bias:
             y = y + params["bias"]
-        return y, _LayerTape(self, x)
+        return xp.reshape(y, tuple(x.shape)[:-1] + (self.out_features,)), _LayerTape(self, x)
 
     def backward(self, dy, tape):
         """Return ``(dx, {"weight": dV, "bias": db})``."""
@@ -220,7 +221,8 @@ class Dense(_ParameterLayer):
         grads = {"weight": xp.matmul(xp.permute_dims(dy_flat, (1, 0)), x_flat)}
         if self.bias:
             grads["bias"] = xp.sum(dy_flat, axis=0)
-        return xp.matmul(dy, params["weight"]), grads
+        dx = xp.matmul(dy_flat, params["weight"])
+        return xp.reshape(dx, tuple(x.shape)), grads
 
     def __repr__(self):
         return (f"Dense({self.in_features}, {self.out_features}, bias={self.bias}, "
