@@ -6,6 +6,8 @@ buffers), so these tests check the kernels AND the code that drives them,
 against torch, the NumPy path and the array-API cell steps.
 """
 
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,15 +15,18 @@ import sys
 import numpy as np
 import pytest
 
+import rnnkern as rk
 import rnnkern.layers
-from cuda_parity import (LAYER_CASES, STEP_LAUNCHES, STEP_SHAPES, check_layer_parity,
-                         check_step_kernels, run_layer)
+from cuda_parity import (LAYER_CASES, LAYERS, STEP_LAUNCHES, STEP_SHAPES, assert_results_close,
+                         check_layer_parity, check_step_kernels, run_layer)
 from rnnkern import cuda_modules
 from rnnkern.cuda_emulation import EmulatedLauncher, build_library, emulated_backend
 from rnnkern.cuda_modules import CudaKernelError, kernel_name
 
+_CXX = shlex.split(os.environ.get("CXX", "g++"))[0]
 pytestmark = [
-    pytest.mark.skipif(shutil.which("g++") is None, reason="the host emulation needs g++"),
+    pytest.mark.skipif(shutil.which(_CXX) is None,
+                       reason=f"the host emulation needs a C++ compiler ({_CXX}, or set $CXX)"),
     pytest.mark.timeout(300),
 ]
 
@@ -46,6 +51,18 @@ def test_layer_matches_torch_and_numpy_path(cfg, monkeypatch):
             patch.setattr(rnnkern.layers, "backend_for", lambda xp: emulated_backend())
             return run_layer(layer, x, state, lengths, dy, dstate)
     check_layer_parity(cfg, run_emulated)
+
+
+@pytest.mark.parametrize("cell", sorted(LAYERS))
+def test_unbatched_input_matches_numpy_path(cell, monkeypatch):
+    name, extra = LAYERS[cell]
+    layer = getattr(rk, name)(3, 6, 2, bidirectional=True, dtype="float64", seed=5, **extra)
+    x = np.random.default_rng(5).standard_normal((7, 3))
+    expected = run_layer(layer, x, None, None, np.ones((7, 12)), None)
+    monkeypatch.setattr(rnnkern.layers, "backend_for", lambda xp: emulated_backend())
+    ours = run_layer(layer, x, None, None, np.ones((7, 12)), None)
+    assert ours["dx"].shape == x.shape
+    assert_results_close(ours, expected, "float64", "the NumPy path")
 
 
 # ---------------------------------------------------------------------------
