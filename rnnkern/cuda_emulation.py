@@ -132,7 +132,7 @@ class _HostKernel:
         exported = library[f"rnnkern_name_{index}"]
         exported.restype = ctypes.c_char_p
         if exported().decode() != name:
-            raise CudaKernelError(f"host emulation: entry {index} of {library._name} is "
+            raise CudaKernelError(f"host emulation: exported kernel {index} is "
                                   f"{exported().decode()!r}, expected {name!r}")
         signature = library[f"rnnkern_signature_{index}"]
         signature.restype = ctypes.c_char_p
