@@ -165,19 +165,19 @@ _MAX_THREADS_PER_BLOCK = 1024
 _MAX_GRID_X = 2 ** 31 - 1
 
 
-def elementwise_launch(count: int, threads_per_block: int = THREADS_PER_BLOCK):
+def elementwise_launch(count: int):
     """Grid and block for one thread per element (grid-stride kernels).
 
     Returns
     -------
     grid, block : tuple of int
-        ``((blocks,), (threads_per_block,))`` with enough blocks for
+        ``((blocks,), (THREADS_PER_BLOCK,))`` with enough blocks for
         ``count`` elements, capped at 65536 (the kernels loop over the rest).
     """
     if count < 1:
         raise CudaKernelError(f"launch: expected at least one element, got {count}")
-    blocks = min(-(-count // threads_per_block), _MAX_BLOCKS)
-    return (blocks,), (threads_per_block,)
+    blocks = min(-(-count // THREADS_PER_BLOCK), _MAX_BLOCKS)
+    return (blocks,), (THREADS_PER_BLOCK,)
 
 
 def check_launch(name, grid, block, args, xp):
