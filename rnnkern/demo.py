@@ -44,6 +44,7 @@ from pathlib import Path
 
 import array_api_compat
 import numpy as np
+from tqdm import tqdm
 
 from . import layers
 from .training import (Adam, CheckpointError, Dense, Embedding, LastTimestep, Sequential,
@@ -154,14 +155,13 @@ def run_char_lm(args) -> int:
 
     print(f"corpus: {corpus_name}: {len(train_ids):,} training and {len(held_out_ids):,} "
           f"held-out characters, vocabulary of {len(vocabulary)}")
-    model.summary((None, config["batch_size"]), print_fn=print)
+    model.summary((config["seq_len"], config["batch_size"]), print_fn=print)   # one chunk
     print(f"device: {args.device} ({_backend_description(args.device)}); "
           f"{config['batch_size']} streams x {config['seq_len']} steps per chunk, "
           f"Adam lr {config['lr']}, gradient norm clipped to {config['clip']}")
 
     xp, device = _namespace_and_device(model)
     streams = batchify(xp.asarray(train_ids, device=device), config["batch_size"])
-    _warm_up(model, streams[:2, ...])
     rng = np.random.default_rng(args.seed)
     prompt = _prompt(vocabulary, corpus_name)
     sample_every = args.sample_every or max(args.steps // 4, 1)
@@ -171,6 +171,7 @@ def run_char_lm(args) -> int:
                         progress=progress)
 
     try:
+        _warm_up(model, streams[:2, ...])
         with _one_thread_per_blas():
             _train_chars(model, optimizer, streams, config, progress, args.steps, sample_every,
                          lambda: _sample_text(model, vocabulary, prompt, args, rng))
@@ -179,7 +180,8 @@ def run_char_lm(args) -> int:
             held_out_streams = batchify(xp.asarray(held_out_ids, device=device),
                                         min(config["batch_size"], len(held_out_ids) // 2))
             held_out_loss = evaluate_loss(model, held_out_streams, config["seq_len"])
-        baseline = _unigram_loss(train_ids, held_out_ids, len(vocabulary))
+        held_out_targets = batchify(held_out_ids, held_out_streams.shape[1])[1:, ...]
+        baseline = _unigram_loss(train_ids, held_out_targets, len(vocabulary))
     except KeyboardInterrupt:
         save()
         print(f"\ninterrupted after {progress['steps']:,} steps; checkpoint saved to "
@@ -196,12 +198,10 @@ def run_char_lm(args) -> int:
 
 def _train_chars(model, optimizer, streams, config, progress, steps, sample_every, sample):
     """The truncated-BPTT loop: ``steps`` chunks, the state carried between them."""
-    from tqdm import tqdm
-
     seq_len, clip = config["seq_len"], config["clip"]
     per_epoch = chunks_per_epoch(streams, seq_len)
     chunks = bptt_chunks(streams, seq_len, start=progress["chunk"] % per_epoch)
-    states, smoothed, tokens, started = None, None, 0, time.perf_counter()
+    states, smoothed, tokens, training_seconds = None, None, 0, 0.0
     with tqdm(total=steps, unit="step", dynamic_ncols=True, mininterval=0.5) as bar:
         for step in range(1, steps + 1):
             inputs_targets = next(chunks, None)
@@ -209,9 +209,11 @@ def _train_chars(model, optimizer, streams, config, progress, steps, sample_ever
                 chunks, states = bptt_chunks(streams, seq_len), None
                 inputs_targets = next(chunks)
             inputs, targets = inputs_targets
+            step_started = time.perf_counter()
             loss, states, _ = train_step(model, optimizer, inputs, targets, states,
                                          max_grad_norm=clip)
-            loss = float(loss)
+            loss = float(loss)                     # waits for the device: the step is done
+            training_seconds += time.perf_counter() - step_started
             smoothed = loss if smoothed is None else 0.95 * smoothed + 0.05 * loss
             chunk_tokens = inputs.shape[0] * inputs.shape[1]
             tokens += chunk_tokens
@@ -220,7 +222,7 @@ def _train_chars(model, optimizer, streams, config, progress, steps, sample_ever
             progress["chunk"] = (progress["chunk"] + 1) % per_epoch
             bar.update(1)
             bar.set_postfix(loss=f"{smoothed:.3f}",
-                            tok_s=f"{tokens / (time.perf_counter() - started):,.0f}",
+                            tok_s=f"{tokens / training_seconds:,.0f}",
                             refresh=False)
             if step % sample_every == 0 and step != steps:
                 bar.write(f"\n--- step {progress['steps']:,}, loss {smoothed:.3f} ---")
@@ -297,11 +299,17 @@ def _encode(text, vocabulary, what):
     return ids
 
 
-def _unigram_loss(train_ids, held_out_ids, vocabulary_size):
-    r"""Cross-entropy of the add-one-smoothed unigram model: :math:`-\frac1N\sum_n \log q(c_n)`."""
+def _unigram_loss(train_ids, targets, vocabulary_size):
+    r"""Cross-entropy of the add-one-smoothed unigram model on ``targets``.
+
+    .. math:: q(c) = \frac{n_c + 1}{N + V}, \qquad L = -\frac{1}{|T|} \sum_{t \in T} \log q(t)
+
+    with :math:`n_c` the count of ``c`` in the training text; ``targets`` are
+    the very characters the model is scored on.
+    """
     counts = np.bincount(train_ids, minlength=vocabulary_size) + 1.0
     log_q = np.log(counts / counts.sum())
-    return float(-log_q[held_out_ids[1:]].mean())     # the same targets the model is scored on
+    return float(-np.mean(log_q[targets]))
 
 
 # ====================================================================== sine

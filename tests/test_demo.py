@@ -1,7 +1,9 @@
 """`python -m rnnkern demo` end to end on tiny settings (NumPy path)."""
 
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -101,3 +103,23 @@ def test_demo_never_imports_torch():
     code = ("import sys, rnnkern.demo, rnnkern.training; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_sigint_saves_a_checkpoint(corpus, tmp_path):
+    """A real Ctrl-C (SIGINT) in a real process: exit status 130 and a readable checkpoint."""
+    checkpoint = tmp_path / "lm.npz"
+    command = [sys.executable, "-u", "-m", "rnnkern", "demo", "--text", str(corpus),
+               "--checkpoint", str(checkpoint), *TINY[2:], "--steps", "1000000"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    output = []
+    for line in process.stdout:                   # wait until training has started
+        output.append(line)
+        if "device:" in line:
+            break
+    time.sleep(2.0)
+    process.send_signal(signal.SIGINT)
+    output.append(process.communicate(timeout=120)[0])
+    assert process.returncode == 130, "".join(output)
+    assert "checkpoint saved to" in output[-1]
+    assert read_checkpoint(checkpoint).config["task"] == "char-lm"
