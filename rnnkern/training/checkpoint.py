@@ -181,8 +181,8 @@ def load_checkpoint(path, model, optimizer=None):
         parameters, or without the optimizer state asked for.
     """
     checkpoint = read_checkpoint(path)
-    if optimizer is not None and checkpoint.optimizer_state is None:
-        raise CheckpointError(f"checkpoint {os.fspath(path)!r}: holds no optimizer state")
+    if optimizer is not None:
+        _check_optimizer_state(os.fspath(path), checkpoint)
     previous_optimizer_state = optimizer.state_dict() if optimizer is not None else None
     try:
         if optimizer is not None:
@@ -194,3 +194,15 @@ def load_checkpoint(path, model, optimizer=None):
         raise CheckpointError(f"checkpoint {os.fspath(path)!r}: does not fit this model: "
                               f"{err}") from None
     return checkpoint
+
+
+def _check_optimizer_state(path, checkpoint):
+    """The optimizer's slots must be for the checkpoint's own parameters and shapes."""
+    state = checkpoint.optimizer_state
+    if state is None:
+        raise CheckpointError(f"checkpoint {path!r}: holds no optimizer state")
+    shapes = {name: a.shape for name, a in checkpoint.model_state.items()}
+    for slot, buffers in state["slots"].items():
+        if buffers and {n: a.shape for n, a in buffers.items()} != shapes:
+            raise CheckpointError(f"checkpoint {path!r}: damaged; the optimizer's {slot!r} "
+                                  f"does not match the model's parameters")

@@ -71,8 +71,14 @@ class _Optimizer:
     def _slot(self, slot, name, param, xp):
         """The slot array for ``name`` on ``param``'s library and device; None before the first step."""
         value = self.slots[slot].get(name)
-        if value is not None and array_api_compat.array_namespace(value) is not xp:  # loaded from disk
-            value = xp.asarray(to_numpy(value), dtype=param.dtype, device=array_api_compat.device(param))
+        if value is None:
+            return None
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(f"params[{name!r}]: the optimizer's {slot} has shape "
+                             f"{tuple(value.shape)}, the parameter {describe(param)}")
+        if array_api_compat.array_namespace(value) is not xp:             # loaded from disk
+            value = xp.asarray(to_numpy(value), dtype=param.dtype,
+                               device=array_api_compat.device(param))
         return value
 
     def state_dict(self):
@@ -86,7 +92,11 @@ class _Optimizer:
                           for slot, buffers in self.slots.items()}}
 
     def load_state_dict(self, state):
-        """Restore what ``state_dict`` returned; checked fully before anything changes."""
+        """Restore what ``state_dict`` returned; checked fully before anything changes.
+
+        The step count and the slots are restored; the hyperparameters stay
+        those given to the constructor.
+        """
         if not hasattr(state, "keys") or set(state) != {"type", "hyperparameters", "steps", "slots"}:
             raise ValueError(f"state: expected the dict of an optimizer's state_dict(), "
                              f"got {describe(state)}")
@@ -103,9 +113,8 @@ class _Optimizer:
         names = [set(slots[s]) for s in self.slot_names]
         if any(n != names[0] for n in names):
             raise ValueError("state['slots']: the slots hold different parameter names")
-        self.steps = int(steps)
-        self.slots = {s: {n: to_numpy(a) for n, a in slots[s].items()}
-                      for s in self.slot_names}
+        restored = {s: {n: to_numpy(a) for n, a in slots[s].items()} for s in self.slot_names}
+        self.steps, self.slots = int(steps), restored
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
