@@ -123,3 +123,31 @@ def test_sigint_saves_a_checkpoint(corpus, tmp_path):
     assert process.returncode == 130, "".join(output)
     assert "checkpoint saved to" in output[-1]
     assert read_checkpoint(checkpoint).config["task"] == "char-lm"
+
+
+def _cuda_devices():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:       # no CuPy, no driver, driver too old, ...
+        return 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_devices() == 0, reason="needs CuPy and a CUDA GPU")
+def test_demos_run_on_cuda(corpus, tmp_path, capsys):
+    checkpoint = tmp_path / "lm.npz"
+    assert demo.main(["--device", "cuda", "--text", str(corpus), "--checkpoint", str(checkpoint),
+                      *TINY]) == 0
+    assert "CuPy arrays, CUDA kernels" in capsys.readouterr().out
+    assert demo.main(["--device", "cuda", "--text", str(corpus), "--resume", str(checkpoint),
+                      "--steps", "2", "--sample-length", "5", "--held-out-chars", "400"]) == 0
+    assert demo.main(["sine", "--device", "cuda", "--steps", "50"]) == 0
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(corpus, capsys):
+    if _cuda_devices():
+        pytest.skip("a GPU is present")
+    assert demo.main(["--device", "cuda", "--text", str(corpus), *TINY]) == 2
+    assert "--device cuda" in capsys.readouterr().err

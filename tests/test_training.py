@@ -431,3 +431,41 @@ def test_sampling_temperature():
     np.testing.assert_array_equal(sample_with_temperature(logits[:3], 0, rng), [2, 2, 2])
     with pytest.raises(ValueError, match="temperature: expected a number >= 0"):
         sample_with_temperature(logits, -1.0, rng)
+
+
+# ---------------------------------------------------------------- the same code on CuPy
+
+def _cuda_devices():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:       # no CuPy, no driver, driver too old, ...
+        return 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_devices() == 0, reason="needs CuPy and a CUDA GPU")
+def test_training_step_on_cupy_matches_numpy():
+    import cupy
+
+    ids = np.random.default_rng(13).integers(0, 9, (7, 3))
+    results = {}
+    for device, to_array in (("cpu", np.asarray), ("cuda", cupy.asarray)):
+        model, optimizer = char_lm(9, 6, dtype="float64").to(device), Adam(lr=0.01)
+        states = None
+        for _ in range(2):
+            loss, states, norm = train_step(model, optimizer, to_array(ids[:-1]), to_array(ids[1:]),
+                                            states, max_grad_norm=0.5)
+        tokens = generate(model, [1, 2], 5, temperature=0.8, rng=np.random.default_rng(0))
+        results[device] = (float(loss), float(norm), tokens,
+                           {n: cupy.asnumpy(a) for n, a in model.state_dict().items()})
+    (loss, norm, tokens, params), (gpu_loss, gpu_norm, gpu_tokens, gpu_params) = results.values()
+    np.testing.assert_allclose([gpu_loss, gpu_norm], [loss, norm], rtol=1e-10)
+    assert gpu_tokens == tokens
+    for name in params:
+        np.testing.assert_allclose(gpu_params[name], params[name], rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+    target = scatter_add_rows(cupy.zeros((3, 2), cupy.float32), cupy.asarray([0, 2, 0]),
+                              cupy.ones((3, 2), cupy.float32))
+    np.testing.assert_array_equal(target.get(), [[2, 2], [0, 0], [1, 1]])
