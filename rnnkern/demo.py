@@ -86,8 +86,8 @@ def _char_parser():
         description="Train a character-level LSTM language model and generate text "
                     "(`python -m rnnkern demo sine` for the regression demo).")
     parser.add_argument("--text", metavar="FILE",
-                        help="UTF-8 text to train on (default: the Python standard library's "
-                             "own .py files; its last 10%% is held out)")
+                        help="UTF-8 text file to train on, its last 10%% held out (default: "
+                             "the Python standard library's own .py files, every tenth held out)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu: NumPy arrays, Numba kernels; cuda: CuPy arrays, CUDA kernels")
     parser.add_argument("--steps", type=_positive_int, default=1000,
@@ -109,14 +109,16 @@ def _char_parser():
                       help="parallel text streams (32)")
     size.add_argument("--seq-len", type=_positive_int, default=64,
                       help="truncated-BPTT chunk length (64)")
-    size.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (3e-3)")
-    size.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip (1.0)")
+    size.add_argument("--lr", type=_nonnegative_float, default=3e-3,
+                      help="Adam learning rate (3e-3)")
+    size.add_argument("--clip", type=_nonnegative_float, default=1.0,
+                      help="global gradient-norm clip (1.0)")
     output = parser.add_argument_group("output")
     output.add_argument("--sample-every", type=_positive_int, metavar="N",
                         help="print generated text every N steps (default: 4 times per run)")
     output.add_argument("--sample-length", type=_positive_int, default=240,
                         help="characters per sample (240)")
-    output.add_argument("--temperature", type=float, default=0.7,
+    output.add_argument("--temperature", type=_nonnegative_float, default=0.7,
                         help="sampling temperature (0.7; 0 = greedy)")
     output.add_argument("--held-out-chars", type=_positive_int, default=HELD_OUT_CHARS,
                         help=f"held-out characters scored at the end ({HELD_OUT_CHARS:,})")
@@ -145,6 +147,9 @@ def run_char_lm(args) -> int:
     vocabulary = config["vocabulary"]
     train_ids = _encode(train_text, vocabulary, "training text")
     held_out_ids = _encode(held_out_text, vocabulary, "held-out text")[:args.held_out_chars]
+    if len(held_out_ids) < 4:
+        raise _UsageError(f"--held-out-chars: expected at least 4 held-out characters, "
+                          f"got {len(held_out_ids)}")
 
     model = _char_model(config, args.device, args.seed)
     optimizer = Adam(lr=config["lr"])
@@ -326,7 +331,8 @@ def _sine_parser():
                         help="input values per prediction (10)")
     parser.add_argument("--steps", type=_positive_int, default=600,
                         help="training steps of 32 windows (600)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (3e-3)")
+    parser.add_argument("--lr", type=_nonnegative_float, default=3e-3,
+                        help="Adam learning rate (3e-3)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order seed")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--checkpoint", metavar="PATH", help="save the trained model here")
@@ -423,6 +429,13 @@ def _namespace_and_device(model):
 
 def _backend_description(device):
     return "NumPy arrays, Numba kernels" if device == "cpu" else "CuPy arrays, CUDA kernels"
+
+
+def _nonnegative_float(text):
+    value = float(text)
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
 
 
 def _positive_int(text):
