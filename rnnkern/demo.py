@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import sysconfig
 import time
@@ -131,6 +132,7 @@ def run_char_lm(args) -> int:
     train_text, held_out_text, corpus_name = (_text_file_corpus(args.text) if args.text
                                               else _stdlib_corpus())
     checkpoint_path = args.checkpoint or args.resume or DEFAULT_CHECKPOINT
+    _check_writable_directory(checkpoint_path)
     if args.resume:
         saved = read_checkpoint(args.resume)
         config = saved.config
@@ -347,6 +349,8 @@ def run_sine(args) -> int:
     20 % (later in time) for testing.
     """
     started = time.perf_counter()
+    if args.checkpoint:
+        _check_writable_directory(args.checkpoint)
     t = np.arange(3000)
     series = (np.sin(0.1 * t) + 0.5 * np.sin(0.031 * t)).astype(np.float32)
     w = args.window
@@ -429,6 +433,14 @@ def _namespace_and_device(model):
 
 def _backend_description(device):
     return "NumPy arrays, Numba kernels" if device == "cpu" else "CuPy arrays, CUDA kernels"
+
+
+def _check_writable_directory(path):
+    """Fail before training, not after, if the checkpoint cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise _UsageError(f"checkpoint {path}: the directory {directory} does not exist "
+                          f"or is not writable")
 
 
 def _nonnegative_float(text):

@@ -73,6 +73,8 @@ def test_resume_errors_name_the_problem(corpus, tmp_path, capsys):
     assert "a checkpoint of `demo sine`" in capsys.readouterr().err
     assert demo.main(["--text", str(tmp_path / "absent.txt")]) == 2
     assert "--text" in capsys.readouterr().err
+    assert demo.main(["--text", str(corpus), "--checkpoint", str(tmp_path / "no" / "lm.npz")]) == 2
+    assert "does not exist or is not writable" in capsys.readouterr().err
 
 
 def test_ctrl_c_saves_a_checkpoint_before_exiting(corpus, tmp_path, capsys, monkeypatch):
