@@ -50,9 +50,15 @@ from .cells import cell_for
 __all__ = ["main"]
 
 LIBRARIES = ("rnnkern", "torch", "reference")
+#: Passes of the floor, and rows of the table.  ``forward_no_grad`` is torch
+#: under ``torch.no_grad()``; rnnkern and the reference have one forward only,
+#: and that row repeats their ``forward`` times.
 PASSES = ("forward", "forward_backward")
-PASS_LABELS = {"forward": "fwd", "forward_backward": "fwd+bwd"}
+ROW_PASSES = ("forward", "forward_no_grad", "forward_backward")
+PASS_LABELS = {"forward": "fwd", "forward_no_grad": "fwd no_grad", "forward_backward": "fwd+bwd"}
 DEFAULT_CELLS = ("lstm", "gru", "rnn_tanh")
+#: Seconds to wait before re-running items that other processes disturbed.
+RETRY_PAUSE_SECONDS = 5
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "NUMBA_NUM_THREADS")
 #: Checksums of libraries doing the same work agree to this relative tolerance.
@@ -73,10 +79,8 @@ def main(argv=None):
         return 2
 
     gemms = sorted({spec for cell, shape in cases for _, _, spec in _gemm_specs(cell, shape)})
-    load_before = _load_average()
     timings, notes, failures = _run_rounds(args, cases, gemms, threads)
     first_calls = _measure_first_calls(args, cells, threads) if args.first_call else {}
-    device["info"]["load_average_before_after"] = [load_before, _load_average()]
     report = _report(args, threads, device["info"], cases, timings, notes, first_calls)
     print(_format_report(report))
     if args.json:
@@ -110,6 +114,12 @@ def _parse_arguments(argv):
                              "Default: 3")
     parser.add_argument("--threads", type=_positive_int,
                         help="threads for every library. Default: the cores this process may use")
+    parser.add_argument("--max-interference", type=float, default=0.10, metavar="SHARE",
+                        help="re-run a case when other processes used more than this share of "
+                             "the machine's CPU while it was timed. Default: 0.10")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="re-runs of a disturbed case at most (then it is kept, and "
+                             "flagged). Default: 2")
     parser.add_argument("--first-call", action="store_true",
                         help="also time rnnkern's first forward+backward in a fresh process, "
                              "with an empty kernel cache (cold) and a filled one (cached)")
@@ -130,11 +140,6 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
-
-
-def _load_average():
-    """The 1-minute load average, or None where the system has none."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def _usable_cores():
@@ -161,9 +166,12 @@ def _run_rounds(args, cases, gemms, threads):
     -------
     timings : dict
         ``(library, cell, shape, pass) -> [seconds, ...]`` over all rounds;
-        ``(library, cell, shape, "warmup") -> [seconds, ...]``;
+        ``(library, cell, shape, "warmup_seconds") -> [seconds, ...]``;
+        ``(library, cell, shape, "other_cpu_share") -> [share, ...]``;
         ``("checksums", library, cell, shape) -> {name: sum}``;
-        ``("gemm", m, k, n, calls) -> [seconds, ...]``; ``("info", library) -> {...}``.
+        ``("gemm", m, k, n, calls) -> [seconds, ...]`` and
+        ``("gemm", m, k, n, calls, "other_cpu_share") -> [share, ...]``;
+        ``("info", library) -> {...}``.
     notes : dict
         ``library -> why it is missing from the table`` (not installed, ...).
     failures : list of str
@@ -185,13 +193,15 @@ def _run_rounds(args, cases, gemms, threads):
             request.update(device=args.device, dtype=args.dtype, repeats=args.repeats)
             started = time.perf_counter()
             try:
-                answer = _run_worker(request, threads)
+                answer, reruns = _run_undisturbed(request, threads, args)
             except WorkerError as err:
                 notes[kind] = "failed (see the error below)"
                 failures.append(str(err))
                 continue
             print(f"round {round_index + 1}/{args.rounds}: {kind} "
-                  f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+                  f"{time.perf_counter() - started:.1f} s"
+                  + (f", {reruns} re-run as other processes were busy" if reruns else ""),
+                  file=sys.stderr)
             if "unavailable" in answer:
                 notes[kind] = answer["unavailable"]
                 continue
@@ -200,15 +210,46 @@ def _run_rounds(args, cases, gemms, threads):
                 for gemm in answer["gemms"]:
                     key = ("gemm", gemm["m"], gemm["k"], gemm["n"], gemm["calls"])
                     timings.setdefault(key, []).extend(gemm["seconds"])
+                    timings.setdefault(key + ("other_cpu_share",), []).append(
+                        gemm["other_cpu_share"])
                 continue
             for case in answer["cases"]:
                 shape = tuple(case["shape"])
-                for name in PASSES:
-                    timings.setdefault((kind, case["cell"], shape, name), []).extend(case[name])
-                timings.setdefault((kind, case["cell"], shape, "warmup"), []).append(
-                    case["warmup_seconds"])
+                for name, samples in case["seconds"].items():
+                    timings.setdefault((kind, case["cell"], shape, name), []).extend(samples)
+                for name in ("warmup_seconds", "other_cpu_share"):
+                    timings.setdefault((kind, case["cell"], shape, name), []).append(case[name])
                 timings[("checksums", kind, case["cell"], shape)] = case["checksums"]
     return timings, notes, failures
+
+
+def _run_undisturbed(request, threads, args):
+    """Run a worker; re-run the items other processes disturbed, keep the least disturbed.
+
+    An item (a case, or a GEMM) is disturbed when other processes used more
+    than ``args.max_interference`` of the machine's CPU while it was timed
+    (``bench_workers.OtherProcessesMeter``).  Disturbed items go to a fresh
+    worker, after a pause, up to ``args.retries`` times.
+
+    Returns the answer and the number of items re-run.
+    """
+    items_key = "gemms" if request["task"] == "gemm" else "cases"
+    answer = _run_worker(request, threads)
+    if "unavailable" in answer:
+        return answer, 0
+    items, reruns = answer[items_key], 0
+    for _ in range(args.retries):
+        disturbed = [index for index, item in enumerate(items)
+                     if (item["other_cpu_share"] or 0.0) > args.max_interference]
+        if not disturbed:
+            break
+        reruns += len(disturbed)
+        time.sleep(RETRY_PAUSE_SECONDS)
+        retry = dict(request, **{items_key: [request[items_key][index] for index in disturbed]})
+        for index, item in zip(disturbed, _run_worker(retry, threads)[items_key]):
+            if (item["other_cpu_share"] or 0.0) < (items[index]["other_cpu_share"] or 0.0):
+                items[index] = item
+    return answer, reruns
 
 
 def _measure_first_calls(args, cells, threads):
@@ -269,6 +310,19 @@ def _median(samples):
     return statistics.median(samples) if samples else None
 
 
+def _row_samples(timings, library, cell, shape, row_pass):
+    """A library's samples for a table row: its one forward stands in for ``forward_no_grad``
+    unless it is torch."""
+    if row_pass == "forward_no_grad" and library != "torch":
+        row_pass = "forward"
+    return timings.get((library, cell, shape, row_pass))
+
+
+def _worst(shares):
+    shares = [share for share in shares if share is not None]
+    return max(shares) if shares else None
+
+
 def _ratio(numerator, denominator):
     if numerator is None or denominator is None:
         return None
@@ -296,18 +350,22 @@ def _report(args, threads, device_info, cases, timings, notes, first_calls):
         checksums = {library: timings[("checksums", library, cell, key)]
                      for library in LIBRARIES if ("checksums", library, cell, key) in timings}
         worst = _agreement(checksums)
-        for name in PASSES:
-            samples = {library: timings.get((library, cell, key, name)) for library in LIBRARIES}
+        for name in ROW_PASSES:
+            samples = {library: _row_samples(timings, library, cell, key, name)
+                       for library in LIBRARIES}
             seconds = {library: _median(s) for library, s in samples.items()}
-            floor_seconds = floor[name]["seconds"]
+            pass_floor = floor["forward" if name == "forward_no_grad" else name]
+            floor_seconds = pass_floor["seconds"]
             rows.append({
                 "cell": cell, "shape": list(key), "pass": name,
                 "seconds": seconds, "samples": samples,
-                "warmup_seconds": {library: timings.get((library, cell, key, "warmup"))
+                "warmup_seconds": {library: timings.get((library, cell, key, "warmup_seconds"))
                                    for library in LIBRARIES},
+                "other_cpu_share": {library: timings.get((library, cell, key, "other_cpu_share"))
+                                    for library in LIBRARIES},
                 "ratios": {"torch/rnnkern": _ratio(seconds["torch"], seconds["rnnkern"]),
                            "reference/rnnkern": _ratio(seconds["reference"], seconds["rnnkern"])},
-                "floor": floor[name],
+                "floor": pass_floor,
                 "percent_of_floor": {library: None if s is None or floor_seconds is None
                                      else 100.0 * floor_seconds / s
                                      for library, s in seconds.items()},
@@ -317,7 +375,12 @@ def _report(args, threads, device_info, cases, timings, notes, first_calls):
             })
     return {
         "settings": {"device": args.device, "dtype": args.dtype, "threads": threads,
-                     "repeats": args.repeats, "rounds": args.rounds, "seed": args.seed},
+                     "repeats": args.repeats, "rounds": args.rounds, "seed": args.seed,
+                     "max_interference": args.max_interference, "retries": args.retries},
+        "other_cpu_share_worst": {kind: _worst([share for key, shares in timings.items()
+                                                if key[0] == kind and key[-1] == "other_cpu_share"
+                                                for share in shares])
+                                  for kind in LIBRARIES + ("gemm",)},
         "machine": device_info,
         "libraries": {library: timings.get(("info", library)) for library in LIBRARIES},
         "missing": notes,
@@ -371,6 +434,9 @@ def _format_report(report):
     lines.append("")
     lines.extend(_aligned(table, left_columns=3))
     lines.append("")
+    lines.append("fwd: torch with autograd on, as rnnkern's forward keeps what backward "
+                 "needs; fwd no_grad: torch under torch.no_grad() (rnnkern, reference: "
+                 "their one forward, as in fwd).")
     lines.append("ratios: other library's time / rnnkern's (above 1: rnnkern faster). "
                  "% floor: floor time / library time.")
     lines.append("floor: the GEMMs of the pass alone, on "
@@ -378,11 +444,7 @@ def _format_report(report):
                  + ", timed in this run; GFLOP/s of each GEMM (x T: once per step):")
     lines.append("")
     lines.extend(_floor_table(report["rows"]))
-    load_before, load_after = machine["load_average_before_after"]
-    if load_before is not None and max(load_before, load_after) > 0.5:
-        lines.append(f"WARNING: 1-minute load average {load_before:.2f} before, "
-                     f"{load_after:.2f} after: other processes were using the CPU, "
-                     f"so the times above are noisy")
+    lines.extend(_interference_lines(report))
     disagreeing = [r for r in report["rows"] if r["libraries_agree"] is False
                    and r["pass"] == "forward"]
     for row in disagreeing:
@@ -397,6 +459,21 @@ def _format_report(report):
         lines.append(f"first forward+backward in a fresh process (shape {shape}, "
                      f"compilation included): {calls}")
     return "\n".join(lines)
+
+
+def _interference_lines(report):
+    """How much CPU other processes took while each library was timed (the worst kept)."""
+    worst = report["other_cpu_share_worst"]
+    measured = {kind: share for kind, share in worst.items() if share is not None}
+    if not measured:
+        return []
+    lines = ["other processes' share of the CPU while timed (worst case or GEMM kept): "
+             + ", ".join(f"{kind} {share:.0%}" for kind, share in measured.items())]
+    limit = report["settings"]["max_interference"]
+    if max(measured.values()) > limit:
+        lines.append(f"WARNING: above {limit:.0%} even after re-runs: other processes were "
+                     f"busy, the times are noisy (see other_cpu_share in --json)")
+    return lines
 
 
 def _floor_table(rows):

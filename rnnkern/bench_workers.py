@@ -11,7 +11,8 @@ timed calls.  Requests::
      "device": "cpu" | "cuda", "dtype": ..., "threads": N, "repeats": N,
      "seed": N, "cases": [{"cell": "lstm", "shape": [T, B, I, H]}, ...]}
         -> {"info": {...}, "cases": [{"cell", "shape", "warmup_seconds",
-            "forward": [s, ...], "forward_backward": [s, ...], "checksums": {...}}]}
+            "seconds": {"forward": [s, ...], "forward_backward": [s, ...], ...},
+            "other_cpu_share", "checksums": {...}}]}
     {"task": "gemm", "device", "dtype", "repeats", "gemms": [[m, k, n, calls], ...]}
         -> {"info": {...}, "gemms": [{"m", "k", "n", "calls", "seconds": [...]}]}
     {"task": "first_call", "device", "dtype", "cell", "shape"}
@@ -25,8 +26,9 @@ exception, a traceback on stderr and a non-zero exit.  The client side is
 :func:`run_in_fresh_process`.
 
 The workload classes are also what the asv benchmarks time, so both measure
-the same calls on the same seeded inputs.  Each has ``forward()`` and
-``forward_backward()``, which return only once the device is idle (a stream
+the same calls on the same seeded inputs.  Each has the methods named in its
+``PASSES`` (``forward()``, ``forward_backward()``; torch also
+``forward_no_grad()``), which return only once the device is idle (a stream
 synchronize on the GPU), and ``checksums()``.
 """
 
@@ -51,7 +53,7 @@ from .bench_shapes import FIRST_CALL_SHAPE, BenchShape
 
 __all__ = ["make_layer", "seeded_case", "RnnkernWorkload", "TorchWorkload",
            "ReferenceWorkload", "gpu_unavailable_reason", "WorkerError",
-           "run_in_fresh_process", "first_call_seconds"]
+           "run_in_fresh_process", "first_call_seconds", "OtherProcessesMeter"]
 
 
 class WorkerError(RuntimeError):
@@ -173,6 +175,8 @@ class RnnkernWorkload:
     seed : int
     """
 
+    PASSES = ("forward", "forward_backward")
+
     def __init__(self, cell, shape, dtype, device, seed=0):
         params, x, dy = seeded_case(cell, shape, dtype, seed)
         self.layer = make_layer(cell, shape, dtype, device, seed)
@@ -210,10 +214,13 @@ class TorchWorkload:
     """The same layer as ``torch.nn.LSTM/GRU/RNN``, with the same parameters and inputs.
 
     ``forward`` is a training forward (autograd on, as rnnkern's forward also
-    keeps its tape); ``forward_backward`` asks for the gradients rnnkern
-    returns: input, initial state and parameters.  On CUDA, TF32 is off so
-    cuDNN computes in full float32 as rnnkern does.
+    keeps its tape); ``forward_no_grad`` runs under ``torch.no_grad()``, the
+    inference a torch user gets; ``forward_backward`` asks for the gradients
+    rnnkern returns: input, initial state and parameters.  On CUDA, TF32 is
+    off so cuDNN computes in full float32 as rnnkern does.
     """
+
+    PASSES = ("forward", "forward_no_grad", "forward_backward")
 
     def __init__(self, cell, shape, dtype, device, seed=0, threads=None):
         import torch
@@ -236,6 +243,7 @@ class TorchWorkload:
             module = torch.nn.RNN(shape.I, shape.H, nonlinearity=cell[4:], **options)
         module.load_state_dict({name: torch.from_numpy(p) for name, p in params.items()})
         self.module = module
+        self._no_grad = torch.no_grad
         self.x = torch.from_numpy(x).to(device).requires_grad_()
         self.dy = torch.from_numpy(dy).to(device)
         zeros = [torch.zeros((1, shape.B, shape.H), **options).requires_grad_()
@@ -246,6 +254,13 @@ class TorchWorkload:
     def forward(self):
         """``module(x, state)``: returns ``(y, state)``."""
         result = self.module(self.x, self.state)
+        self._synchronize()
+        return result
+
+    def forward_no_grad(self):
+        """``module(x, state)`` under ``torch.no_grad()``: returns ``(y, state)``."""
+        with self._no_grad():
+            result = self.module(self.x, self.state)
         self._synchronize()
         return result
 
@@ -274,6 +289,8 @@ class TorchWorkload:
 class ReferenceWorkload:
     """The plain NumPy reference (:mod:`rnnkern.reference`) on the same inputs. CPU only."""
 
+    PASSES = ("forward", "forward_backward")
+
     def __init__(self, cell, shape, dtype, device="cpu", seed=0):
         if device != "cpu":
             raise ValueError(f"device: the NumPy reference runs on 'cpu' only, got {device!r}")
@@ -301,6 +318,49 @@ class ReferenceWorkload:
         dx, _, _, grads = self.forward_backward()
         return {"y": _absolute_sum(y), "dx": _absolute_sum(dx),
                 "dweight_hh": _absolute_sum(grads["weight_hh_l0"])}
+
+
+class OtherProcessesMeter:
+    """Share of the machine's CPU that other processes used while a block ran.
+
+    ``share`` = (busy CPU seconds of the whole machine, from ``/proc/stat``,
+    steal time included, minus this process's own CPU seconds, all threads)
+    / (wall seconds x CPUs).  0 means the block had the machine to itself; on
+    a 2-core machine, one other busy thread reads 0.5.  None where
+    ``/proc/stat`` is missing or the block was too short for its 10 ms ticks.
+
+    >>> with OtherProcessesMeter() as others:
+    ...     run()
+    >>> others.share
+    """
+
+    #: Blocks shorter than this are not judged: /proc/stat counts in ticks.
+    SHORTEST_SECONDS = 0.25
+
+    def __enter__(self):
+        self.share = None
+        self._start = (_machine_busy_seconds(), time.process_time(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exception):
+        busy, own, wall = (_machine_busy_seconds(), time.process_time(), time.perf_counter())
+        busy_start, own_start, wall_start = self._start
+        wall -= wall_start
+        if busy is not None and busy_start is not None and wall >= self.SHORTEST_SECONDS:
+            others = (busy - busy_start) - (own - own_start)
+            self.share = max(0.0, others) / (wall * os.cpu_count())
+        return False
+
+
+def _machine_busy_seconds():
+    """CPU seconds all processes have used since boot (``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _nothing():
@@ -384,13 +444,14 @@ def _time_cases(request):
         workload = _workload(library, case["cell"], shape, dtype, device,
                              request["seed"], request["threads"])
         warmup_seconds = _timed(workload.forward_backward)
-        forward, forward_backward = [], []
-        for _ in range(request["repeats"]):
-            forward.append(_timed(workload.forward))
-            forward_backward.append(_timed(workload.forward_backward))
+        seconds = {name: [] for name in workload.PASSES}
+        with OtherProcessesMeter() as others:
+            for _ in range(request["repeats"]):
+                for name, samples in seconds.items():
+                    samples.append(_timed(getattr(workload, name)))
         results.append({"cell": case["cell"], "shape": case["shape"],
-                        "warmup_seconds": warmup_seconds, "forward": forward,
-                        "forward_backward": forward_backward,
+                        "warmup_seconds": warmup_seconds, "seconds": seconds,
+                        "other_cpu_share": others.share,
                         "checksums": workload.checksums()})
         del workload
     return {"info": _library_info(library, device), "cases": results}
@@ -421,8 +482,10 @@ def _time_gemms(request):
             synchronize()
 
         products()
-        seconds = [_timed(products) for _ in range(request["repeats"])]
-        results.append({"m": m, "k": k, "n": n, "calls": calls, "seconds": seconds})
+        with OtherProcessesMeter() as others:
+            seconds = [_timed(products) for _ in range(request["repeats"])]
+        results.append({"m": m, "k": k, "n": n, "calls": calls, "seconds": seconds,
+                        "other_cpu_share": others.share})
     return {"info": _device_info(device), "gemms": results}
 
 
