@@ -117,7 +117,7 @@ def test_call_returns_output_and_state_like_torch(rng):
     np.testing.assert_allclose(c, ref["c_n"], **TOLERANCE["float64"])
 
 
-@pytest.fixture(params=["openblas", "mkl"])
+@pytest.fixture(params=["numpy", "mkl", "scipy"])
 def blas(request):
     """Run a test on each CPU BLAS the Numba kernels can call."""
     from rnnkern.backends import cpu_blas

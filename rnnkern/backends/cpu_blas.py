@@ -1,16 +1,20 @@
 """Which BLAS the Numba kernels call for their GEMMs.
 
-Two are supported:
+- ``"numpy"`` (the default): the OpenBLAS bundled with NumPy's wheels, found
+  through threadpoolctl and called by address.  It is the BLAS that NumPy's
+  own ``matmul`` uses, so the kernels and the user's NumPy code (a dense
+  layer, a loss) share ONE thread pool.  Two pools do not mix: OpenBLAS
+  workers spin for a while after each call, and the other pool's threads
+  were measured losing their cores to them (a training step 3-8x slower).
+- ``"mkl"``: Intel MKL's ``cblas_?gemm`` from ``libmkl_rt``
+  (``pip install 'rnnkern[mkl]'``).  Faster on the small, skinny products of
+  a recurrent step; best for processes that do little else with NumPy's BLAS.
+- ``"scipy"``: ``np.dot`` inside Numba, which calls SciPy's bundled OpenBLAS.
+  Always available; the fallback when NumPy's BLAS cannot be found (a NumPy
+  built against another BLAS, say).
 
-- ``"openblas"``: ``np.dot`` inside Numba, which calls SciPy's bundled
-  OpenBLAS. Always there.
-- ``"mkl"``: Intel MKL's ``cblas_sgemm``/``cblas_dgemm`` from ``libmkl_rt``
-  (``pip install 'rnnkern[mkl]'``), called by address from the Numba code.
-  Faster on the small, skinny products of a recurrent step (the per-step
-  ``h @ W_hh^T``); used by default when it can be loaded.
-
-``RNNKERN_BLAS=openblas`` (or ``mkl``) in the environment overrides the
-default; :func:`use_blas` does the same from Python.
+``RNNKERN_BLAS=mkl`` (or ``numpy``/``scipy``) in the environment sets the
+choice; :func:`use_blas` does the same from Python.
 """
 
 from __future__ import annotations
@@ -22,10 +26,34 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["use_blas", "blas_name", "gemm_address"]
+__all__ = ["use_blas", "blas_name", "gemm_function"]
 
-_CHOICES = ("auto", "mkl", "openblas")
-_choice = os.environ.get("RNNKERN_BLAS", "auto").lower()
+CHOICES = ("numpy", "mkl", "scipy")
+_choice = os.environ.get("RNNKERN_BLAS", "numpy").lower()
+
+# CBLAS sgemm/dgemm symbols, most specific first, with whether their integer
+# arguments are 64-bit (ILP64: the "64_" suffix of NumPy's scipy-openblas).
+_SYMBOLS = [("scipy_cblas_{}gemm64_", True), ("cblas_{}gemm64_", True),
+            ("scipy_cblas_{}gemm", False), ("cblas_{}gemm", False)]
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_openblas():
+    """(ctypes handle, symbol pattern, ilp64) of NumPy's OpenBLAS, or None."""
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    np.dot(np.ones((2, 2)), np.ones((2, 2)))       # make sure it is loaded
+    numpy_dir = str(Path(np.__file__).parent.parent)
+    for lib in threadpool_info():
+        path = lib.get("filepath", "")
+        if lib.get("internal_api") == "openblas" and path.startswith(numpy_dir) \
+                and Path(path).parent.name == "numpy.libs":
+            handle = ctypes.CDLL(path)
+            for pattern, ilp64 in _SYMBOLS:
+                if hasattr(handle, pattern.format("s")):
+                    return handle, pattern, ilp64
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,10 +72,10 @@ def _mkl():
 
 
 def use_blas(name: str) -> None:
-    """Choose the BLAS: ``"mkl"``, ``"openblas"`` or ``"auto"`` (MKL if present)."""
+    """Choose the BLAS of the CPU kernels: ``"numpy"``, ``"mkl"`` or ``"scipy"``."""
     global _choice
-    if name not in _CHOICES:
-        raise ValueError(f"name: expected one of {_CHOICES}, got {name!r}")
+    if name not in CHOICES:
+        raise ValueError(f"name: expected one of {CHOICES}, got {name!r}")
     if name == "mkl" and _mkl() is None:
         raise RuntimeError("name: 'mkl' asked for, but libmkl_rt could not be loaded "
                            "(pip install 'rnnkern[mkl]')")
@@ -55,15 +83,23 @@ def use_blas(name: str) -> None:
 
 
 def blas_name() -> str:
-    """``"mkl"`` or ``"openblas"``: what the kernels use now."""
-    if _choice == "openblas" or _choice not in _CHOICES:
-        return "openblas"
-    return "mkl" if _mkl() is not None else "openblas"
+    """The BLAS the kernels use now (a fallback may differ from the choice)."""
+    if _choice == "mkl" and _mkl() is not None:
+        return "mkl"
+    if _choice == "numpy" and _numpy_openblas() is not None:
+        return "numpy"
+    return "scipy"
 
 
-def gemm_address(dtype) -> int:
-    """Address of the CBLAS gemm for ``dtype`` (MKL), or 0 meaning ``np.dot``."""
-    if blas_name() != "mkl":
-        return 0
-    symbol = "cblas_sgemm" if str(dtype) == "float32" else "cblas_dgemm"
-    return ctypes.cast(getattr(_mkl(), symbol), ctypes.c_void_p).value
+def gemm_function(dtype) -> tuple:
+    """``(address, ilp64)`` of the CBLAS gemm for ``dtype``; ``(0, 0)`` means ``np.dot``."""
+    letter = "s" if str(dtype) == "float32" else "d"
+    name = blas_name()
+    if name == "mkl":
+        function, ilp64 = getattr(_mkl(), f"cblas_{letter}gemm"), False
+    elif name == "numpy":
+        handle, pattern, ilp64 = _numpy_openblas()
+        function = getattr(handle, pattern.format(letter))
+    else:
+        return (0, 0)
+    return (ctypes.cast(function, ctypes.c_void_p).value, int(ilp64))

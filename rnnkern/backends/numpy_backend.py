@@ -15,7 +15,7 @@ import numpy as np
 
 from rnnkern.kernels import numba_rnn
 
-from .cpu_blas import gemm_address
+from .cpu_blas import gemm_function
 
 
 def _rows(a):
@@ -26,7 +26,7 @@ def _rows(a):
 def _matmul(a, b):
     """a @ b on the BLAS the Numba kernels use (see numba_rnn.gemm)."""
     out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
-    numba_rnn.gemm(gemm_address(out.dtype), a, b, out)
+    numba_rnn.gemm(gemm_function(out.dtype), a, b, out)
     return out
 
 
@@ -47,7 +47,7 @@ def forward_direction(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse)
     gates = np.empty((T, B, GH), dtype)
     gh_n = np.empty((T, B, H if gru else 0), dtype)
     numba_rnn.forward_sequence(
-        numba_rnn.CELL_KIND[cell.name], gemm_address(dtype), gx, np.ascontiguousarray(w_hh.T), np.ascontiguousarray(b_hh),
+        numba_rnn.CELL_KIND[cell.name], gemm_function(dtype), gx, np.ascontiguousarray(w_hh.T), np.ascontiguousarray(b_hh),
         h, c, lengths, reverse, y, h_prev, c_prev, gates, gh_n, np.empty((B, GH), dtype))
     saved = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "lengths": lengths, "reverse": reverse,
              "h_prev": h_prev, "c_prev": c_prev, "gates": gates, "gh_n": gh_n}
@@ -65,7 +65,7 @@ def backward_direction(cell, dy, dh_n, dc_n, saved):
     dgx = np.empty((T, B, GH), dtype)
     dgh = np.empty((T, B, GH), dtype) if cell.keeps_gh_n else dgx
     numba_rnn.backward_sequence(
-        numba_rnn.CELL_KIND[cell.name], gemm_address(dtype), np.ascontiguousarray(dy), np.ascontiguousarray(w_hh),
+        numba_rnn.CELL_KIND[cell.name], gemm_function(dtype), np.ascontiguousarray(dy), np.ascontiguousarray(w_hh),
         saved["gates"], saved["gh_n"], h_prev, saved["c_prev"], saved["lengths"],
         saved["reverse"], dh, dc, dgx, dgh, np.empty((B, H), dtype))
     dgx_rows, dgh_rows = _rows(dgx), _rows(dgh)
