@@ -127,7 +127,7 @@ class _RecurrentLayer:
             raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
         loaded = {}
         for name, shape in shapes.items():
-            value = _to_device_array(state_dict[name], self.device, f"state_dict[{name!r}]")
+            value = to_device_array(state_dict[name], self.device, f"state_dict[{name!r}]")
             if tuple(value.shape) != shape:
                 raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {describe(value)}")
             if not ("float" in str(value.dtype) or "int" in str(value.dtype)):
@@ -141,7 +141,7 @@ class _RecurrentLayer:
         if device not in _DEVICES:
             raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
         if device != self.device:
-            self._params = {n: _to_device_array(p, device, n) for n, p in self._params.items()}
+            self._params = {n: to_device_array(p, device, n) for n, p in self._params.items()}
             self.device = device
             self._version += 1
         return self
@@ -171,7 +171,7 @@ class _RecurrentLayer:
 
     def __call__(self, x, state=None, lengths=None):
         """``y, state = layer(x, state)`` as with ``torch.nn``."""
-        y, state, _ = self.forward(x, state, lengths)
+        y, state, _ = self._run(x, state, lengths, keep_parameters=False)
         return y, state
 
     def forward(self, x, state=None, lengths=None):
@@ -187,11 +187,20 @@ class _RecurrentLayer:
             Length of each sequence, ``1 <= lengths[b] <= T``: packed-sequence
             semantics (zeros in ``y`` past each length, states from each
             sequence's own last element).
+
+        The tape keeps copies of the parameters it ran with, so its gradients
+        stay right even if an optimizer updates the parameters in place
+        before ``backward``.
         """
+        return self._run(x, state, lengths, keep_parameters=True)
+
+    def _run(self, x, state, lengths, keep_parameters):
         h0, c0 = self._split_state(state, "state")
         xp = namespace_of(x, h0, c0, names=["x", "state h0", "state c0"])
         backend = backend_for(xp)
         params = self._parameters_for(xp)
+        if keep_parameters:
+            params = {name: xp.asarray(p, copy=True) for name, p in params.items()}
         v.check_array("x", x, (2, 3), self.dtype, (None,) * (x.ndim - 1) + (self.input_size,))
         unbatched = x.ndim == 2
         if unbatched:
@@ -357,7 +366,7 @@ def _copy(a):
     return a.copy()
 
 
-def _to_device_array(value, device, name):
+def to_device_array(value, device, name):
     """A NumPy (device "cpu") or CuPy (device "cuda") array from ``value``."""
     if device == "cpu":
         if isinstance(value, np.ndarray):

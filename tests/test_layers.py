@@ -115,3 +115,20 @@ def test_repr_names_the_configuration():
 def test_torch_layer_helper_roundtrip():
     gru = rk.GRU(2, 3, seed=0)
     assert set(torch_layer(gru).state_dict()) == set(gru.state_dict())
+
+
+def test_tape_keeps_the_parameters_it_ran_with(rng):
+    """An in-place update between forward and backward (an optimizer step) does
+    not change the gradients of the recorded forward."""
+    lstm = rk.LSTM(3, 4, seed=0, dtype="float64")
+    x = rng.standard_normal((5, 2, 3))
+    y, _, tape = lstm.forward(x)
+    dy = rng.standard_normal(y.shape)
+    expected = lstm.backward(dy, tape)
+    y, _, tape = lstm.forward(x)
+    for p in lstm.parameters().values():
+        p -= 0.5                                   # what an in-place optimizer does
+    got = lstm.backward(dy, tape)
+    np.testing.assert_array_equal(got[0], expected[0])
+    for name in expected[2]:
+        np.testing.assert_array_equal(got[2][name], expected[2][name])

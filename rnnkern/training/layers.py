@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import validation as v
 from ..dispatch import backend_name, describe, namespace_of
-from ..layers import GRU, LSTM, RNN, _to_device_array
+from ..layers import GRU, LSTM, RNN, to_device_array
 from .library_specific import scatter_add_rows
 
 __all__ = ["Embedding", "Dense", "LastTimestep", "Sequential"]
@@ -73,7 +73,7 @@ class _ParameterLayer:
         they are copied and cast to the layer's dtype.
         """
         _check_state_dict(self._params, state_dict)
-        self._params = {name: _to_device_array(value, self.device, f"state_dict[{name!r}]")
+        self._params = {name: to_device_array(value, self.device, f"state_dict[{name!r}]")
                         .astype(self.dtype, copy=True) for name, value in state_dict.items()}
 
     def to(self, device):
@@ -81,7 +81,7 @@ class _ParameterLayer:
         if device not in _DEVICES:
             raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
         if device != self.device:
-            self._params = {n: _to_device_array(p, device, n) for n, p in self._params.items()}
+            self._params = {n: to_device_array(p, device, n) for n, p in self._params.items()}
             self.device = device
         return self
 
