@@ -1,10 +1,11 @@
 """``python -m rnnkern bench``: rnnkern against torch.nn and the NumPy reference.
 
-Prints one table row per cell, shape and pass (forward; forward+backward)
-with the median time of each library, the ratios ``torch / rnnkern`` and
-``reference / rnnkern`` (above 1 means rnnkern is faster), and the floor: the
-GEMM work of the pass timed on its own with this machine's BLAS (NumPy's on
-the CPU, cuBLAS through CuPy on the GPU), in the same run.
+Prints one table row per cell, shape and pass (forward; forward with torch
+under ``no_grad``; forward+backward) with the median time of each library,
+the ratios ``torch / rnnkern`` and ``reference / rnnkern`` (above 1 means
+rnnkern is faster), and the floor: the GEMM work of the pass timed on its own
+with this machine's BLAS (NumPy's on the CPU, cuBLAS through CuPy on the
+GPU), in the same run.
 
 Fair by construction:
 
@@ -15,6 +16,10 @@ Fair by construction:
   the median is taken over all rounds.
 - Each process makes one warm-up call per case (JIT and kernel compilation
   are not timed), then alternates timed forward and forward+backward calls.
+- Other processes are watched: a case during whose timing they used more
+  than ``--max-interference`` of the machine's CPU is run again in a fresh
+  process (``--retries`` times at most), and the table reports the share that
+  remained.
 - Every library gets the same thread count (``--threads``, default: the
   cores this process may use) through ``OMP_NUM_THREADS``,
   ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``NUMBA_NUM_THREADS`` in
@@ -22,13 +27,16 @@ Fair by construction:
 - All libraries compute the same thing on the same seeded parameters and
   inputs, and the table says so: a warning is printed if their outputs or
   gradients disagree.
+- Torch's forward is timed twice: with autograd on (``fwd``), like rnnkern's
+  forward, which keeps what backward needs, and under ``torch.no_grad()``
+  (``fwd no_grad``), the inference a torch user gets.
 
 The floor of a pass counts only its GEMMs (``G`` gates, so ``G*H`` gate
 columns): forward = input projection ``(T*B, I) @ (I, G*H)`` + ``T`` times
 the recurrent ``(B, H) @ (H, G*H)``; backward adds the input gradient
 ``(T*B, G*H) @ (G*H, I)``, ``T`` recurrent gradients ``(B, G*H) @ (G*H,
 H)`` and the two weight gradients ``(G*H, T*B) @ (T*B, I)`` and ``(G*H,
-T*B) @ (T*B, H)``; forward+backward is about 3x the forward FLOPs.  "% of
+T*B) @ (T*B, H)``; forward+backward is 3x the forward FLOPs.  "% of
 floor" is floor time / measured time: 100% means the pass costs no more than
 its GEMMs on this BLAS.  Torch uses its own BLAS (MKL/oneDNN on the CPU), so
 it can pass 100%.
@@ -40,8 +48,10 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from .bench_shapes import CELLS, FIRST_CALL_SHAPE, parse_shape, shapes_for
 from .bench_workers import WorkerError, first_call_seconds, run_in_fresh_process
@@ -73,14 +83,24 @@ def main(argv=None):
     shapes = args.shape or list(shapes_for(args.device))
     cases = [(cell, shape) for shape in shapes for cell in cells]
 
-    device = _run_worker({"task": "device", "device": args.device}, threads)
+    try:
+        device = _run_worker({"task": "device", "device": args.device}, threads)
+    except WorkerError as err:
+        print(err, file=sys.stderr)
+        return 1
     if "unavailable" in device:
         print(f"--device {args.device}: {device['unavailable']}", file=sys.stderr)
         return 2
 
     gemms = sorted({spec for cell, shape in cases for _, _, spec in _gemm_specs(cell, shape)})
     timings, notes, failures = _run_rounds(args, cases, gemms, threads)
-    first_calls = _measure_first_calls(args, cells, threads) if args.first_call else {}
+    first_calls = {}
+    if args.first_call:
+        try:
+            first_calls = _measure_first_calls(args, cells, threads)
+        except WorkerError as err:
+            failures.append(str(err))
+    device["info"]["rnnkern_source_revision"] = _source_revision()
     report = _report(args, threads, device["info"], cases, timings, notes, first_calls)
     print(_format_report(report))
     if args.json:
@@ -124,7 +144,8 @@ def _parse_arguments(argv):
                         help="also time rnnkern's first forward+backward in a fresh process, "
                              "with an empty kernel cache (cold) and a filled one (cached)")
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the parameters and inputs. Default: 0")
     return parser.parse_args(argv)
 
 
@@ -140,6 +161,20 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _source_revision():
+    """``git describe --always --dirty`` of the rnnkern source tree, or None outside git.
+
+    The figures belong to this revision ("-dirty": with uncommitted changes).
+    """
+    try:
+        completed = subprocess.run(["git", "describe", "--always", "--dirty"],
+                                   cwd=Path(__file__).resolve().parent,
+                                   capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return completed.stdout.strip() if completed.returncode == 0 else None
 
 
 def _usable_cores():
@@ -416,6 +451,7 @@ def _format_report(report):
         f"machine: {machine.get('gpu') or machine['cpu']} ({machine['cpu_count']} cores), "
         f"numpy {machine['numpy']} with {machine['blas'] or 'no BLAS found'}"
         + (f", torch {torch_info['torch']}" if torch_info else ""),
+        f"rnnkern source: {machine.get('rnnkern_source_revision') or 'not a git checkout'}",
     ]
     for library, why in report["missing"].items():
         lines.append(f"{library}: n/a, {why}")

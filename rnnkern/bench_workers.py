@@ -14,7 +14,8 @@ timed calls.  Requests::
             "seconds": {"forward": [s, ...], "forward_backward": [s, ...], ...},
             "other_cpu_share", "checksums": {...}}]}
     {"task": "gemm", "device", "dtype", "repeats", "gemms": [[m, k, n, calls], ...]}
-        -> {"info": {...}, "gemms": [{"m", "k", "n", "calls", "seconds": [...]}]}
+        -> {"info": {...}, "gemms": [{"m", "k", "n", "calls", "seconds": [...],
+            "other_cpu_share"}]}
     {"task": "first_call", "device", "dtype", "cell", "shape"}
         -> {"seconds": s}      the first forward+backward in this process
     {"task": "device", "device"}
@@ -44,12 +45,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import astuple
 
 import numpy as np
 
-from dataclasses import astuple
-
 from .bench_shapes import FIRST_CALL_SHAPE, BenchShape
+from .layers import GRU, LSTM, RNN
 
 __all__ = ["make_layer", "seeded_case", "RnnkernWorkload", "TorchWorkload",
            "ReferenceWorkload", "gpu_unavailable_reason", "WorkerError",
@@ -110,15 +111,13 @@ def first_call_seconds(cell, dtype, device, cached, environment=None):
 
 def make_layer(cell, shape, dtype, device, seed):
     """The rnnkern layer for ``cell`` with input and hidden size from ``shape``."""
-    import rnnkern as rk
-
     options = {"dtype": dtype, "device": device, "seed": seed}
     if cell == "lstm":
-        return rk.LSTM(shape.I, shape.H, **options)
+        return LSTM(shape.I, shape.H, **options)
     if cell == "gru":
-        return rk.GRU(shape.I, shape.H, **options)
+        return GRU(shape.I, shape.H, **options)
     if cell in ("rnn_tanh", "rnn_relu"):
-        return rk.RNN(shape.I, shape.H, nonlinearity=cell[4:], **options)
+        return RNN(shape.I, shape.H, nonlinearity=cell[4:], **options)
     raise ValueError(f"cell: expected one of lstm, gru, rnn_tanh, rnn_relu, got {cell!r}")
 
 
@@ -178,7 +177,7 @@ class RnnkernWorkload:
     PASSES = ("forward", "forward_backward")
 
     def __init__(self, cell, shape, dtype, device, seed=0):
-        params, x, dy = seeded_case(cell, shape, dtype, seed)
+        _, x, dy = seeded_case(cell, shape, dtype, seed)   # its parameters: those of the layer
         self.layer = make_layer(cell, shape, dtype, device, seed)
         if device == "cuda":
             import cupy
