@@ -29,8 +29,8 @@ exception, a traceback on stderr and a non-zero exit.  The client side is
 The workload classes are also what the asv benchmarks time, so both measure
 the same calls on the same seeded inputs.  Each has the methods named in its
 ``PASSES`` (``forward()``, ``forward_backward()``; torch also
-``forward_no_grad()``), which return only once the device is idle (a stream
-synchronize on the GPU), and ``checksums()``.
+``forward_no_grad()``), which return only once the device is idle (a device-wide
+synchronize on the GPU: every stream), and ``checksums()``.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class RnnkernWorkload:
             import cupy
 
             self.x, self.dy = cupy.asarray(x), cupy.asarray(dy)
-            self._synchronize = cupy.cuda.get_current_stream().synchronize
+            self._synchronize = cupy.cuda.Device().synchronize
         else:
             self.x, self.dy = x, dy
             self._synchronize = _nothing
@@ -465,7 +465,7 @@ def _time_gemms(request):
             return {"unavailable": reason}
         import cupy as xp
 
-        synchronize = xp.cuda.get_current_stream().synchronize
+        synchronize = xp.cuda.Device().synchronize
     else:
         xp, synchronize = np, _nothing
     rng = np.random.default_rng(0)

@@ -13,8 +13,8 @@ selects the tiny shapes for smoke runs):
 Combinations that cannot or should not run raise ``NotImplementedError`` in
 ``setup``, which asv reports as skipped.  The timed workload is
 :class:`rnnkern.bench_workers.RnnkernWorkload`, the one ``python -m rnnkern
-bench`` times: seeded inputs, and calls that return only once the GPU stream
-is idle.  ``setup`` makes one warm-up call so that JIT (Numba) and NVRTC
+bench`` times: seeded inputs, and calls that return only once the GPU is
+idle (a device synchronize ends every call).  ``setup`` makes one warm-up call so that JIT (Numba) and NVRTC
 compilation stay out of the timings; :class:`FirstCall` measures them.
 """
 
