@@ -443,6 +443,7 @@ def _format_percent(value):
 def _format_report(report):
     settings, machine = report["settings"], report["machine"]
     torch_info = report["libraries"].get("torch") or {}
+    rnnkern_info = report["libraries"].get("rnnkern") or {}
     samples = settings["repeats"] * settings["rounds"]
     lines = [
         f"rnnkern bench: device {settings['device']}, {settings['dtype']}, "
@@ -451,7 +452,9 @@ def _format_report(report):
         f"machine: {machine.get('gpu') or machine['cpu']} ({machine['cpu_count']} cores), "
         f"numpy {machine['numpy']} with {machine['blas'] or 'no BLAS found'}"
         + (f", torch {torch_info['torch']}" if torch_info else ""),
-        f"rnnkern source: {machine.get('rnnkern_source_revision') or 'not a git checkout'}",
+        f"rnnkern source: {machine.get('rnnkern_source_revision') or 'not a git checkout'}"
+        + (f", its CPU GEMMs: RNNKERN_BLAS={rnnkern_info['rnnkern_cpu_blas']}"
+           if rnnkern_info and settings["device"] == "cpu" else ""),
     ]
     for library, why in report["missing"].items():
         lines.append(f"{library}: n/a, {why}")

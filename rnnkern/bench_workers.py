@@ -417,9 +417,11 @@ def _library_info(library, device):
             info["cudnn"] = torch.backends.cudnn.version()
     if library == "rnnkern":
         import rnnkern
+        from .backends.cpu_blas import blas_name
 
         info["rnnkern"] = rnnkern.__version__
         info["numba"] = importlib.metadata.version("numba")
+        info["rnnkern_cpu_blas"] = blas_name()
     info["blas"] = _blas_description()
     return info
 
