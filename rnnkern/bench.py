@@ -14,8 +14,9 @@ Fair by construction:
   another's timed calls.  Each round starts one fresh process per library
   (and one for the GEMMs), in an order that rotates from round to round, and
   the median is taken over all rounds.
-- Each process makes one warm-up call per case (JIT and kernel compilation
-  are not timed), then alternates timed forward and forward+backward calls.
+- Each process makes one warm-up forward+backward per case (JIT and kernel
+  compilation are not timed), then times each pass in a run of its own: one
+  untimed call, then ``--repeats`` timed calls back to back.
 - Other processes are watched: a case during whose timing they used more
   than ``--max-interference`` of the machine's CPU is run again in a fresh
   process (``--retries`` times at most), and the table reports the share that
