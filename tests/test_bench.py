@@ -11,6 +11,8 @@ import importlib.util
 import inspect
 import itertools
 import json
+import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,24 +25,29 @@ from rnnkern.bench_workers import gpu_unavailable_reason
 from rnnkern.cells import cell_for
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARK_PREFIXES = ("time_", "timeraw_", "peakmem_", "mem_", "track_")
+BENCHMARK_PREFIXES = ("time_", "timeraw_", "peakmem_", "mem_", "track_")   # asv's
 GPU_MISSING = gpu_unavailable_reason()
 TORCH_INSTALLED = importlib.util.find_spec("torch") is not None
 
 
-def _load_benchmarks():
-    """``asv_bench/benchmarks/recurrent.py``, imported with the tiny shapes selected."""
+def _load_benchmark_modules():
+    """Every module of ``asv_bench/benchmarks``, imported with the tiny shapes selected."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(SHAPES_VARIABLE, "tiny")
         patch.syspath_prepend(str(REPO / "asv_bench"))
-        return importlib.import_module("benchmarks.recurrent")
-
-
-BENCHMARKS = _load_benchmarks()
+        package = importlib.import_module("benchmarks")
+        return [importlib.import_module(f"benchmarks.{module.name}")
+                for module in pkgutil.iter_modules(package.__path__)]
 
 
 def _benchmark_methods(cls):
     return [name for name in dir(cls) if name.startswith(BENCHMARK_PREFIXES)]
+
+
+BENCHMARK_MODULES = _load_benchmark_modules()
+BENCHMARK_CLASSES = [cls for module in BENCHMARK_MODULES
+                     for _, cls in inspect.getmembers(module, inspect.isclass)
+                     if cls.__module__ == module.__name__ and _benchmark_methods(cls)]
 
 
 def _cases():
@@ -49,9 +56,7 @@ def _cases():
     FirstCall runs for one cell and dtype only: each of its calls starts
     fresh processes that compile every kernel, seconds apiece.
     """
-    classes = [cls for _, cls in inspect.getmembers(BENCHMARKS, inspect.isclass)
-               if cls.__module__ == BENCHMARKS.__name__ and _benchmark_methods(cls)]
-    for cls in classes:
+    for cls in BENCHMARK_CLASSES:
         for params in itertools.product(*cls.params):
             named = dict(zip(cls.param_names, params))
             if cls.__name__ == "FirstCall" and (named["cell"], named["dtype"]) != ("lstm", "float32"):
@@ -60,8 +65,9 @@ def _cases():
 
 
 def test_the_benchmarks_use_the_tiny_shapes():
-    assert BENCHMARKS.SHAPES == [str(shape) for shape in TINY_SHAPES]
-    assert {cls.__name__ for _, cls in inspect.getmembers(BENCHMARKS, inspect.isclass)} >= {
+    recurrent = importlib.import_module("benchmarks.recurrent")
+    assert recurrent.SHAPES == [str(shape) for shape in TINY_SHAPES]
+    assert {cls.__name__ for cls in BENCHMARK_CLASSES} >= {
         "LayerTime", "HostMemory", "GpuPoolMemory", "FirstCall"}
 
 
@@ -95,8 +101,6 @@ def test_asv_check_accepts_the_benchmarks():
 
 
 def _environment(**variables):
-    import os
-
     return dict(os.environ, **variables)
 
 
