@@ -293,7 +293,7 @@ def forward_sequence(cell, blas, gx, w_hh_t, b_hh, h, c, lengths, reverse,
     Parameters (outputs after the inputs they pair with)
     ----------
     cell : int           one of RNN_TANH, RNN_RELU, LSTM, GRU
-    blas : int           GEMM to use (see gemm)
+    blas : (int, int)    the GEMM to call (see gemm)
     gx : (T, B, G*H)     x @ W_ih^T + b_ih for every step
     w_hh_t : (H, G*H)    W_hh transposed, C-contiguous
     b_hh : (G*H,)
@@ -389,7 +389,7 @@ def backward_sequence(cell, blas, dy, w_hh, gates, gh_n, h_prev, c_prev, lengths
     Parameters (outputs after the inputs they pair with)
     ----------
     cell : int           one of RNN_TANH, RNN_RELU, LSTM, GRU
-    blas : int           GEMM to use (see gemm)
+    blas : (int, int)    the GEMM to call (see gemm)
     dy : (T, B, H)       gradient of y
     w_hh : (G*H, H)      C-contiguous
     gates, gh_n, h_prev, c_prev, lengths, reverse : as kept by forward_sequence

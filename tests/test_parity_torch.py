@@ -137,3 +137,16 @@ def test_matches_torch_on_each_blas(blas, name, extra, dtype):
                batch_first=False, bias=True, dtype=dtype, with_state=True, with_dstate=True,
                seed=11, lengths=[6, 2, 5, 1, 6])
     check_against_torch(cfg)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", np.float32, np.dtype("float64")])
+def test_gemm_on_each_blas_matches_numpy(blas, dtype, rng):
+    """The CBLAS call by address: every layout the backend uses, any dtype spelling."""
+    from rnnkern.backends.cpu_blas import gemm_function
+    from rnnkern.kernels.numba_rnn import gemm
+    a = rng.standard_normal((37, 5)).astype(dtype)
+    b = rng.standard_normal((5, 300)).astype(dtype)
+    for left, right in [(a, b), (np.ascontiguousarray(a.T).T, b), (a, np.ascontiguousarray(b.T).T)]:
+        out = np.empty((37, 300), dtype)
+        gemm(gemm_function(dtype), left, right, out)
+        np.testing.assert_allclose(out, left @ right, rtol=1e-5 if np.dtype(dtype) == np.float32 else 1e-12)

@@ -93,7 +93,9 @@ def blas_name() -> str:
 
 def gemm_function(dtype) -> tuple:
     """``(address, ilp64)`` of the CBLAS gemm for ``dtype``; ``(0, 0)`` means ``np.dot``."""
-    letter = "s" if str(dtype) == "float32" else "d"
+    import numpy as np
+
+    letter = {"float32": "s", "float64": "d"}[np.dtype(dtype).name]
     name = blas_name()
     if name == "mkl":
         function, ilp64 = getattr(_mkl(), f"cblas_{letter}gemm"), False
