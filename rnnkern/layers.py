@@ -28,11 +28,10 @@ import numpy as np
 from . import validation as v
 from .backends import backend_for
 from .cells import cell_for
-from .dispatch import backend_name, describe, namespace_of
+from .dispatch import describe, namespace_of
+from .parameters import ParameterLayer, check_device
 
 __all__ = ["RNN", "LSTM", "GRU", "Tape"]
-
-_DEVICES = ("cpu", "cuda")
 
 
 class Tape:
@@ -54,7 +53,7 @@ class Tape:
         return f"<rnnkern.Tape of {type(self.owner).__name__}, y {self.y_shape} {self.dtype}>"
 
 
-class _RecurrentLayer:
+class _RecurrentLayer(ParameterLayer):
     """Shared implementation of ``RNN``, ``LSTM`` and ``GRU``."""
 
     def __init__(self, cell_name, input_size, hidden_size, num_layers, *, bias,
@@ -70,18 +69,12 @@ class _RecurrentLayer:
             raise ValueError(f"dropout: only 0 is supported (no dropout between layers), "
                              f"got {dropout!r}")
         self.dropout = 0.0
-        self.dtype = v.check_float_dtype("dtype", dtype)
-        if device not in _DEVICES:
-            raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
+        dtype = v.check_float_dtype("dtype", dtype)
+        check_device(device)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed: expected an integer or None, got {seed!r}")
         self.num_directions = 2 if self.bidirectional else 1
-        self._version = 0
-        self._generic_cache = None
-        self.device = "cpu"
-        self._params = self._initial_parameters(np.random.default_rng(seed))
-        if device != "cpu":
-            self.to(device)
+        self._init_parameters(self._initial_parameters(np.random.default_rng(seed)), dtype, device)
 
     # ------------------------------------------------------------------ parameters
 
@@ -102,72 +95,10 @@ class _RecurrentLayer:
         return shapes
 
     def _initial_parameters(self, rng):
+        """torch's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H))."""
         bound = 1.0 / math.sqrt(self.hidden_size)
-        return {name: rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+        return {name: rng.uniform(-bound, bound, size=shape)
                 for name, shape in self._parameter_shapes().items()}
-
-    def state_dict(self):
-        """Parameters by PyTorch name, as arrays of the layer's device (copies)."""
-        return {name: _copy(p) for name, p in self._params.items()}
-
-    def load_state_dict(self, state_dict):
-        """Load parameters by PyTorch name.
-
-        Values may be NumPy or CuPy arrays or anything with ``__dlpack__``
-        (a torch tensor, say).  Every key must be present and no other; all
-        are checked before any is loaded, so a failure leaves the layer as it
-        was.  Values are copied and cast to the layer's dtype.
-        """
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict: expected a mapping of name to array, got {describe(state_dict)}")
-        shapes = self._parameter_shapes()
-        missing = sorted(set(shapes) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(shapes))
-        if missing or unexpected:
-            raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        loaded = {}
-        for name, shape in shapes.items():
-            value = to_device_array(state_dict[name], self.device, f"state_dict[{name!r}]")
-            if tuple(value.shape) != shape:
-                raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {describe(value)}")
-            if not ("float" in str(value.dtype) or "int" in str(value.dtype)):
-                raise TypeError(f"state_dict[{name!r}]: expected a real array, got {describe(value)}")
-            loaded[name] = value.astype(self.dtype, copy=True)
-        self._params = loaded
-        self._version += 1
-
-    def to(self, device):
-        """Move the parameters to ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy); returns self."""
-        if device not in _DEVICES:
-            raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
-        if device != self.device:
-            self._params = {n: to_device_array(p, device, n) for n, p in self._params.items()}
-            self.device = device
-            self._version += 1
-        return self
-
-    def parameters(self):
-        """The parameter dict itself (name -> array), for optimizers."""
-        return self._params
-
-    def _parameters_for(self, xp):
-        """The parameters as arrays of namespace ``xp``, or a clear TypeError."""
-        backend = backend_name(xp)
-        if backend == "generic":
-            if self.device != "cpu":
-                raise TypeError("x: the layer's parameters are CuPy arrays (device 'cuda'); "
-                                "call .to('cpu') to run arrays of other libraries")
-            key = (id(xp), self._version)
-            if self._generic_cache is None or self._generic_cache[0] != key:
-                self._generic_cache = (key, {n: xp.asarray(p) for n, p in self._params.items()})
-            return self._generic_cache[1]
-        wanted = "cpu" if backend == "numpy" else "cuda"
-        if wanted != self.device:
-            raise TypeError(f"x: a {backend} array was given but the layer's parameters are on "
-                            f"device {self.device!r}; call .to({wanted!r}) first")
-        return self._params
-
-    # ------------------------------------------------------------------ forward
 
     def __call__(self, x, state=None, lengths=None):
         """``y, state = layer(x, state)`` as with ``torch.nn``."""
@@ -267,10 +198,6 @@ class _RecurrentLayer:
         v.check_array(name, h, len(shape), self.dtype, shape)
         return xp.reshape(h, (shape[0], batch, self.hidden_size))
 
-    def _device_of(self, xp):
-        params = self._parameters_for(xp)
-        return array_api_compat.device(next(iter(params.values())))
-
     def _state_out(self, xp, states, unbatched):
         s = xp.stack(states, axis=0)
         return s[:, 0, :] if unbatched else s
@@ -360,53 +287,6 @@ class _RecurrentLayer:
                 f"num_layers={self.num_layers}{extra}, bias={self.bias}, "
                 f"batch_first={self.batch_first}, bidirectional={self.bidirectional}, "
                 f"dtype={self.dtype!r}, device={self.device!r})")
-
-
-def _copy(a):
-    return a.copy()
-
-
-def to_device_array(value, device, name):
-    """A NumPy (device "cpu") or CuPy (device "cuda") array from ``value``."""
-    if device == "cpu":
-        if isinstance(value, np.ndarray):
-            return value
-        if array_api_compat.is_cupy_array(value):
-            return value.get()
-        if hasattr(value, "__dlpack__"):
-            try:
-                return np.from_dlpack(value)
-            except Exception as err:   # e.g. a torch tensor that requires grad
-                raise TypeError(f"{name}: could not read it through DLPack ({err}); "
-                                f"pass a NumPy array or a detached CPU tensor") from None
-        raise TypeError(f"{name}: expected a NumPy or CuPy array or an object with "
-                        f"__dlpack__, got {describe(value)}")
-    cupy = _cupy_with_a_device()
-    if isinstance(value, np.ndarray) or array_api_compat.is_cupy_array(value):
-        return cupy.asarray(value)
-    if hasattr(value, "__dlpack__"):
-        try:
-            return cupy.from_dlpack(value)
-        except Exception as err:
-            raise TypeError(f"{name}: could not read it through DLPack ({err})") from None
-    raise TypeError(f"{name}: expected a NumPy or CuPy array or an object with "
-                    f"__dlpack__, got {describe(value)}")
-
-
-def _cupy_with_a_device():
-    """Import CuPy for device "cuda", or say clearly why it cannot be used."""
-    try:
-        import cupy
-    except ImportError:
-        raise RuntimeError("device 'cuda' needs CuPy: pip install 'rnnkern[cuda]' "
-                           "(or the cupy-cudaXXx wheel matching your driver)") from None
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as err:        # no driver, or a driver error
-        raise RuntimeError(f"device 'cuda': CuPy found no usable CUDA device ({err})") from None
-    if count == 0:
-        raise RuntimeError("device 'cuda': CuPy found no CUDA device")
-    return cupy
 
 
 class RNN(_RecurrentLayer):

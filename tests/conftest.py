@@ -22,3 +22,13 @@ TOLERANCE = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-5,
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def cuda_device_count():
+    """CUDA devices CuPy can use: 0 without CuPy, a driver or a GPU."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:       # no CuPy, no driver, driver too old, ...
+        return 0

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import cuda_device_count
 from rnnkern import demo
 from rnnkern.training import read_checkpoint
 
@@ -127,17 +128,10 @@ def test_sigint_saves_a_checkpoint(corpus, tmp_path):
     assert read_checkpoint(checkpoint).config["task"] == "char-lm"
 
 
-def _cuda_devices():
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:       # no CuPy, no driver, driver too old, ...
-        return 0
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_devices() == 0, reason="needs CuPy and a CUDA GPU")
+@pytest.mark.skipif(cuda_device_count() == 0, reason="needs CuPy and a CUDA GPU")
 def test_demos_run_on_cuda(corpus, tmp_path, capsys):
     checkpoint = tmp_path / "lm.npz"
     assert demo.main(["--device", "cuda", "--text", str(corpus), "--checkpoint", str(checkpoint),
@@ -149,7 +143,7 @@ def test_demos_run_on_cuda(corpus, tmp_path, capsys):
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(corpus, capsys):
-    if _cuda_devices():
+    if cuda_device_count():
         pytest.skip("a GPU is present")
     assert demo.main(["--device", "cuda", "--text", str(corpus), *TINY]) == 2
     assert "--device cuda" in capsys.readouterr().err

@@ -18,22 +18,14 @@ import numpy as np
 import pytest
 
 import rnnkern as rk
+from conftest import cuda_device_count
 from cuda_parity import (LAYER_CASES, STEP_LAUNCHES, STEP_SHAPES, check_layer_parity,
                          check_step_kernels, run_layer)
 from rnnkern import cuda_modules
 from rnnkern.cuda_modules import CudaKernelError, kernel_name
 
 
-def _device_count():
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:       # no CuPy, no driver, driver too old, ...
-        return 0
-
-
-DEVICES = _device_count()
+DEVICES = cuda_device_count()
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(DEVICES == 0, reason="needs CuPy and a CUDA GPU"),
               pytest.mark.timeout(600)]

@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from conftest import cuda_device_count
 import rnnkern as rk
 from rnnkern.training import (SGD, Adam, CheckpointError, Dense, Embedding, LastTimestep,
                               Sequential, batchify, bptt_chunks, clip_grad_norm, clip_grad_value,
@@ -435,17 +436,10 @@ def test_sampling_temperature():
 
 # ---------------------------------------------------------------- the same code on CuPy
 
-def _cuda_devices():
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:       # no CuPy, no driver, driver too old, ...
-        return 0
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_devices() == 0, reason="needs CuPy and a CUDA GPU")
+@pytest.mark.skipif(cuda_device_count() == 0, reason="needs CuPy and a CUDA GPU")
 def test_training_step_on_cupy_matches_numpy():
     import cupy
 

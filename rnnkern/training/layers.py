@@ -20,13 +20,13 @@ import array_api_compat
 import numpy as np
 
 from .. import validation as v
-from ..dispatch import backend_name, describe, namespace_of
-from ..layers import GRU, LSTM, RNN, to_device_array
+from ..dispatch import describe, namespace_of
+from ..layers import GRU, LSTM, RNN
+from ..parameters import ParameterLayer, check_device, check_state_dict
 from .library_specific import scatter_add_rows
 
 __all__ = ["Embedding", "Dense", "LastTimestep", "Sequential"]
 
-_DEVICES = ("cpu", "cuda")
 _RECURRENT = (RNN, LSTM, GRU)
 
 
@@ -42,62 +42,8 @@ class _LayerTape:
         return f"<rnnkern tape of {type(self.owner).__name__}>"
 
 
-class _ParameterLayer:
-    """Parameter handling shared by ``Embedding`` and ``Dense``.
-
-    Parameters live as NumPy arrays (device ``"cpu"``) or CuPy arrays
-    (device ``"cuda"``), created on the host from ``seed`` and then moved.
-    """
-
-    def _setup(self, params, dtype, device):
-        self.dtype = v.check_float_dtype("dtype", dtype)
-        if device not in _DEVICES:
-            raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
-        self.device = "cpu"
-        self._params = {name: p.astype(self.dtype) for name, p in params.items()}
-        if device != "cpu":
-            self.to(device)
-
-    def parameters(self):
-        """The parameter dict itself (name -> array), for optimizers."""
-        return self._params
-
-    def state_dict(self):
-        """Parameters by name, as arrays of the layer's device (copies)."""
-        return {name: p.copy() for name, p in self._params.items()}
-
-    def load_state_dict(self, state_dict):
-        """Load parameters by name; all are checked before any is loaded.
-
-        Values may be NumPy or CuPy arrays or anything with ``__dlpack__``;
-        they are copied and cast to the layer's dtype.
-        """
-        _check_state_dict(self._params, state_dict)
-        self._params = {name: to_device_array(value, self.device, f"state_dict[{name!r}]")
-                        .astype(self.dtype, copy=True) for name, value in state_dict.items()}
-
-    def to(self, device):
-        """Move the parameters to ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy); returns self."""
-        if device not in _DEVICES:
-            raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
-        if device != self.device:
-            self._params = {n: to_device_array(p, device, n) for n, p in self._params.items()}
-            self.device = device
-        return self
-
-    def _parameters_for(self, xp, argument):
-        """The parameters as arrays of namespace ``xp``, or a clear TypeError."""
-        backend = backend_name(xp)
-        if backend == "generic":
-            if self.device != "cpu":
-                raise TypeError(f"{argument}: the layer's parameters are CuPy arrays (device "
-                                f"'cuda'); call .to('cpu') to run arrays of other libraries")
-            return {n: xp.asarray(p) for n, p in self._params.items()}
-        wanted = "cpu" if backend == "numpy" else "cuda"
-        if wanted != self.device:
-            raise TypeError(f"{argument}: a {backend} array was given but the layer's parameters "
-                            f"are on device {self.device!r}; call .to({wanted!r}) first")
-        return self._params
+class _ParameterLayer(ParameterLayer):
+    """``Embedding`` and ``Dense``: the shared parameter API, and their tapes."""
 
     def _check_tape(self, tape):
         if not isinstance(tape, _LayerTape):
@@ -132,7 +78,7 @@ class Embedding(_ParameterLayer):
         self.num_embeddings = v.check_positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = v.check_positive_int("embedding_dim", embedding_dim)
         rng = _rng("seed", seed)
-        self._setup({"weight": rng.standard_normal((self.num_embeddings, self.embedding_dim))},
+        self._init_parameters({"weight": rng.standard_normal((self.num_embeddings, self.embedding_dim))},
                     dtype, device)
 
     def output_shape(self, input_shape):
@@ -192,7 +138,7 @@ class Dense(_ParameterLayer):
         params = {"weight": rng.uniform(-bound, bound, (self.out_features, self.in_features))}
         if self.bias:
             params["bias"] = rng.uniform(-bound, bound, (self.out_features,))
-        self._setup(params, dtype, device)
+        self._init_parameters(params, dtype, device)
 
     def output_shape(self, input_shape):
         """``input_shape[:-1] + (out_features,)``."""
@@ -248,11 +194,10 @@ class LastTimestep:
         return {}
 
     def load_state_dict(self, state_dict):
-        _check_state_dict({}, state_dict)
+        check_state_dict({}, state_dict)
 
     def to(self, device):
-        if device not in _DEVICES:
-            raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
+        check_device(device)
         return self
 
     def output_shape(self, input_shape):
@@ -346,7 +291,7 @@ class Sequential:
 
     def load_state_dict(self, state_dict):
         """Load all parameters; every key and shape is checked before any layer changes."""
-        _check_state_dict(self.parameters(), state_dict)
+        check_state_dict(self.parameters(), state_dict)
         for k, layer in enumerate(self.layers):
             prefix = f"{k}."
             layer.load_state_dict({name[len(prefix):]: value for name, value in state_dict.items()
@@ -354,8 +299,7 @@ class Sequential:
 
     def to(self, device):
         """Move every layer to ``device``; returns self."""
-        if device not in _DEVICES:
-            raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
+        check_device(device)
         for layer in self.layers:
             layer.to(device)
         return self
@@ -493,25 +437,3 @@ def _check_token_ids(name, xp, ids, vocabulary_size):
     if low < 0 or high >= vocabulary_size:
         raise ValueError(f"{name}: expected ids in [0, {vocabulary_size}), "
                          f"got values from {low} to {high}")
-
-
-def _check_state_dict(current, state_dict):
-    """Check that ``state_dict`` has exactly the names and shapes of ``current``.
-
-    Nothing is modified, so a failure leaves the owner untouched.
-    """
-    if not hasattr(state_dict, "keys"):
-        raise TypeError(f"state_dict: expected a mapping of name to array, got {describe(state_dict)}")
-    missing = sorted(set(current) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(current))
-    if missing or unexpected:
-        raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
-    for name, param in current.items():
-        value = state_dict[name]
-        shape = getattr(value, "shape", None)
-        if shape is None or tuple(shape) != tuple(param.shape):
-            raise ValueError(f"state_dict[{name!r}]: expected shape {tuple(param.shape)}, "
-                             f"got {describe(value)}")
-        kind = str(getattr(value, "dtype", ""))
-        if not ("float" in kind or "int" in kind):
-            raise TypeError(f"state_dict[{name!r}]: expected a real array, got {describe(value)}")

@@ -1,0 +1,161 @@
+"""Parameters of a layer: creation, ``state_dict`` interchange, device moves.
+
+Shared by the recurrent layers and the training layers (``Dense``,
+``Embedding``).  Parameters are NumPy arrays (device ``"cpu"``) or CuPy arrays
+(device ``"cuda"``), created on the host and moved; arrays of any other
+array-API library get a converted copy per namespace (the generic path).
+"""
+
+from __future__ import annotations
+
+import array_api_compat
+import numpy as np
+
+from . import validation as v
+from .dispatch import backend_name, describe
+
+__all__ = ["DEVICES", "ParameterLayer", "check_state_dict", "check_device", "to_device_array"]
+
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(device):
+    if device not in DEVICES:
+        raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
+    return device
+
+
+class ParameterLayer:
+    """Mixin holding a layer's parameters (``self._params``: name -> array).
+
+    ``_version`` counts every change made through this API (``load_state_dict``,
+    ``to``), so a tape can tell that the parameters it saw were replaced.
+    """
+
+    def _init_parameters(self, params, dtype, device):
+        """Take host arrays ``params``, cast to ``dtype``, move to ``device``."""
+        self.dtype = v.check_float_dtype("dtype", dtype)
+        check_device(device)
+        self.device = "cpu"
+        self._params = {name: np.asarray(p).astype(self.dtype) for name, p in params.items()}
+        self._version = 0
+        self._generic_cache = None
+        self.to(device)
+
+    def parameters(self):
+        """The parameter dict itself (name -> array), for optimizers."""
+        return self._params
+
+    def state_dict(self):
+        """Parameters by name, as arrays of the layer's device (copies)."""
+        return {name: p.copy() for name, p in self._params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Load parameters by name.
+
+        Values may be NumPy or CuPy arrays or anything with ``__dlpack__``
+        (a torch tensor, say).  Every key must be present and no other; all
+        are checked before any is loaded, so a failure leaves the layer as it
+        was.  Values are copied and cast to the layer's dtype.
+        """
+        check_state_dict(self._params, state_dict)
+        loaded = {name: to_device_array(state_dict[name], self.device, f"state_dict[{name!r}]")
+                  for name in self._params}
+        self._params = {name: value.astype(self.dtype, copy=True) for name, value in loaded.items()}
+        self._version += 1
+
+    def to(self, device):
+        """Move the parameters to ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy); returns self."""
+        if check_device(device) != self.device:
+            self._params = {n: to_device_array(p, device, n) for n, p in self._params.items()}
+            self.device = device
+            self._version += 1
+        return self
+
+    def _parameters_for(self, xp, argument="x"):
+        """The parameters as arrays of namespace ``xp``, or a clear TypeError."""
+        backend = backend_name(xp)
+        if backend == "generic":
+            if self.device != "cpu":
+                raise TypeError(f"{argument}: the layer's parameters are CuPy arrays (device "
+                                f"'cuda'); call .to('cpu') to run arrays of other libraries")
+            key = (id(xp), self._version)
+            if self._generic_cache is None or self._generic_cache[0] != key:
+                self._generic_cache = (key, {n: xp.asarray(p) for n, p in self._params.items()})
+            return self._generic_cache[1]
+        wanted = "cpu" if backend == "numpy" else "cuda"
+        if wanted != self.device:
+            raise TypeError(f"{argument}: a {backend} array was given but the layer's parameters "
+                            f"are on device {self.device!r}; call .to({wanted!r}) first")
+        return self._params
+
+    def _device_of(self, xp):
+        """The device object of the parameters as arrays of ``xp``."""
+        return array_api_compat.device(next(iter(self._parameters_for(xp).values())))
+
+
+def check_state_dict(current, state_dict):
+    """Check that ``state_dict`` has exactly the names and shapes of ``current``.
+
+    Nothing is modified, so a failure leaves the owner untouched.
+    """
+    if not hasattr(state_dict, "keys"):
+        raise TypeError(f"state_dict: expected a mapping of name to array, got {describe(state_dict)}")
+    missing = sorted(set(current) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(current))
+    if missing or unexpected:
+        raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
+    for name, param in current.items():
+        value = state_dict[name]
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            raise TypeError(f"state_dict[{name!r}]: expected an array, got {describe(value)}")
+        if tuple(shape) != tuple(param.shape):
+            raise ValueError(f"state_dict[{name!r}]: expected shape {tuple(param.shape)}, "
+                             f"got {describe(value)}")
+        kind = str(getattr(value, "dtype", ""))
+        if not ("float" in kind or "int" in kind):
+            raise TypeError(f"state_dict[{name!r}]: expected a real array, got {describe(value)}")
+
+
+def to_device_array(value, device, name):
+    """A NumPy (device "cpu") or CuPy (device "cuda") array from ``value``."""
+    if device == "cpu":
+        if isinstance(value, np.ndarray):
+            return value
+        if array_api_compat.is_cupy_array(value):
+            return value.get()
+        if hasattr(value, "__dlpack__"):
+            try:
+                return np.from_dlpack(value)
+            except Exception as err:   # e.g. a torch tensor that requires grad
+                raise TypeError(f"{name}: could not read it through DLPack ({err}); "
+                                f"pass a NumPy array or a detached CPU tensor") from None
+        raise TypeError(f"{name}: expected a NumPy or CuPy array or an object with "
+                        f"__dlpack__, got {describe(value)}")
+    cupy = _cupy_with_a_device()
+    if isinstance(value, np.ndarray) or array_api_compat.is_cupy_array(value):
+        return cupy.asarray(value)
+    if hasattr(value, "__dlpack__"):
+        try:
+            return cupy.from_dlpack(value)
+        except Exception as err:
+            raise TypeError(f"{name}: could not read it through DLPack ({err})") from None
+    raise TypeError(f"{name}: expected a NumPy or CuPy array or an object with "
+                    f"__dlpack__, got {describe(value)}")
+
+
+def _cupy_with_a_device():
+    """Import CuPy for device "cuda", or say clearly why it cannot be used."""
+    try:
+        import cupy
+    except ImportError:
+        raise RuntimeError("device 'cuda' needs CuPy: pip install 'rnnkern[cuda]' "
+                           "(or the cupy-cudaXXx wheel matching your driver)") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:        # no driver, or a driver error
+        raise RuntimeError(f"device 'cuda': CuPy found no usable CUDA device ({err})") from None
+    if count == 0:
+        raise RuntimeError("device 'cuda': CuPy found no CUDA device")
+    return cupy
