@@ -94,6 +94,7 @@ def main(argv=None):
         return 2
 
     gemms = sorted({spec for cell, shape in cases for _, _, spec in _gemm_specs(cell, shape)})
+    revision_before = _source_revision()
     timings, notes, failures = _run_rounds(args, cases, gemms, threads)
     first_calls = {}
     if args.first_call:
@@ -101,7 +102,8 @@ def main(argv=None):
             first_calls = _measure_first_calls(args, cells, threads)
         except WorkerError as err:
             failures.append(str(err))
-    device["info"]["rnnkern_source_revision"] = _source_revision()
+    device["info"]["rnnkern_source_revision"] = _describe_revisions(revision_before,
+                                                                    _source_revision())
     report = _report(args, threads, device["info"], cases, timings, notes, first_calls)
     print(_format_report(report))
     if args.json:
@@ -176,6 +178,13 @@ def _source_revision():
     except (OSError, subprocess.TimeoutExpired):
         return None
     return completed.stdout.strip() if completed.returncode == 0 else None
+
+
+def _describe_revisions(before, after):
+    """The source revision, or both if the tree changed while the benchmark ran."""
+    if before == after:
+        return before
+    return f"{before}, then {after} (the source changed during the run: its figures mix both)"
 
 
 def _usable_cores():
