@@ -179,14 +179,13 @@ def run_char_lm(args) -> int:
 
     try:
         _warm_up(model, streams[:2, ...])
-        with _one_thread_per_blas():
-            _train_chars(model, optimizer, streams, config, progress, args.steps, sample_every,
-                         lambda: _sample_text(model, vocabulary, prompt, args, rng))
-            print("\nfinal sample:")
-            print(_sample_text(model, vocabulary, prompt, args, rng))
-            held_out_streams = batchify(xp.asarray(held_out_ids, device=device),
-                                        min(config["batch_size"], len(held_out_ids) // 2))
-            held_out_loss = evaluate_loss(model, held_out_streams, config["seq_len"])
+        _train_chars(model, optimizer, streams, config, progress, args.steps, sample_every,
+                     lambda: _sample_text(model, vocabulary, prompt, args, rng))
+        print("\nfinal sample:")
+        print(_sample_text(model, vocabulary, prompt, args, rng))
+        held_out_streams = batchify(xp.asarray(held_out_ids, device=device),
+                                    min(config["batch_size"], len(held_out_ids) // 2))
+        held_out_loss = evaluate_loss(model, held_out_streams, config["seq_len"])
         held_out_targets = batchify(held_out_ids, held_out_streams.shape[1])[1:, ...]
         baseline = _unigram_loss(train_ids, held_out_targets, len(vocabulary))
     except KeyboardInterrupt:
@@ -412,18 +411,6 @@ def _warm_up(model, inputs):
     outputs, _, tape = model.forward(inputs)
     model.backward(outputs * 0.0, tape)
 
-
-def _one_thread_per_blas():
-    """Limit every loaded BLAS to one thread while training.
-
-    On the CPU two OpenBLAS builds are loaded (NumPy's, used by the Dense and
-    loss arithmetic, and SciPy's, used by the Numba kernels); left with a pool
-    each, threads spinning in one steal the cores of the other and a training
-    step was measured 7x slower on 2 cores.  Call after ``_warm_up`` so that
-    both libraries are loaded.  No effect on CuPy's cuBLAS.
-    """
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=1, user_api="blas")
 
 def _namespace_and_device(model):
     """The array namespace and device of the model's parameters (where data must go)."""
