@@ -148,8 +148,8 @@ class _RecurrentLayer(ParameterLayer):
             lengths = xp.asarray(v.host_lengths(lengths, B, T, xp), dtype=xp.int32,
                                  device=array_api_compat.device(x))
 
-        zeros = xp.zeros((self.cell.num_gates * self.hidden_size,), dtype=x.dtype,
-                         device=array_api_compat.device(x))
+        zeros = None if self.bias else xp.zeros((self.cell.num_gates * self.hidden_size,),
+                                                dtype=x.dtype, device=array_api_compat.device(x))
         saved, h_n, c_n = {}, [], []
         inputs = x
         for layer in range(self.num_layers):

@@ -33,6 +33,18 @@ import importlib
 from ..dispatch import backend_name
 
 
+def time_order(steps, reverse):
+    """The times a direction visits: 0 ... T-1, or T-1 ... 0 in reverse."""
+    return range(steps - 1, -1, -1) if reverse else range(steps)
+
+
+def int32_lengths(xp, lengths, batch, steps):
+    """``lengths`` as a contiguous int32 array of ``xp`` (NumPy or CuPy); all T if None."""
+    if lengths is None:
+        return xp.full((batch,), steps, dtype=xp.int32)
+    return xp.ascontiguousarray(lengths, dtype=xp.int32)
+
+
 def backend_for(xp):
     """Return the backend module that runs arrays of namespace ``xp``."""
     name = backend_name(xp)

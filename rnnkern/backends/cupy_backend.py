@@ -26,6 +26,7 @@ import functools
 
 import numpy as np
 
+from . import int32_lengths, time_order
 from ..cuda_modules import check_launch, elementwise_launch, get_kernel, kernel_name
 from ..dispatch import namespace_of
 
@@ -89,10 +90,6 @@ def backward_direction(cell, dy, dh_n, dc_n, saved):
         return backward_direction_with(_cupy_launcher(), cell, dy, dh_n, dc_n, saved)
 
 
-def _time_order(T, reverse):
-    return range(T - 1, -1, -1) if reverse else range(T)
-
-
 def _state_slots(t, reverse):
     """(slot read, slot written) of the (T+1, B, H) state buffer at time t.
 
@@ -102,12 +99,6 @@ def _state_slots(t, reverse):
     each step started from, in time order, without a copy.
     """
     return (t + 1, t) if reverse else (t, t + 1)
-
-
-def _int32_lengths(xp, lengths, batch, steps):
-    if lengths is None:
-        return xp.full((batch,), steps, dtype=xp.int32)
-    return xp.ascontiguousarray(lengths, dtype=xp.int32)
 
 
 def forward_direction_with(launcher, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse):
@@ -125,7 +116,7 @@ def forward_direction_with(launcher, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, le
     x_flat = xp.ascontiguousarray(x).reshape(T * B, I)
     gx = xp.matmul(x_flat, w_ih.T).reshape(T, B, GH)    # X W_ih^T: one GEMM for all steps
     gx += b_ih
-    lengths = _int32_lengths(xp, lengths, B, T)
+    lengths = int32_lengths(xp, lengths, B, T)
     w_hh_t = xp.ascontiguousarray(w_hh.T)              # (H, G*H), read by every step's GEMM
     first_slot, last_slot = (T, 0) if reverse else (0, T)      # h0 and h_n, see _state_slots
     h_states = xp.empty((T + 1, B, H), dtype=dtype)
@@ -147,7 +138,7 @@ def forward_direction_with(launcher, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, le
     parameters = _FORWARD_PARAMETERS[cell.name]
     grid, block = elementwise_launch(B * H)
     sizes = (np.int32(B), np.int32(H))
-    for t in _time_order(T, reverse):
+    for t in time_order(T, reverse):
         prev, nxt = _state_slots(t, reverse)
         xp.matmul(h_states[prev], w_hh_t, out=buffers["gh"])   # gh = h_{t-1} W_hh^T
         buffers.update(h_next=h_states[nxt], h_prev=h_states[prev], y_t=y[t], gates_t=gates[t],
@@ -194,7 +185,7 @@ def backward_direction_with(launcher, cell, dy, dh_n, dc_n, saved):
     parameters = _BACKWARD_PARAMETERS[cell.name]
     grid, block = elementwise_launch(B * H)
     sizes = (np.int32(B), np.int32(H))
-    for k, t in enumerate(_time_order(T, not saved["reverse"])):
+    for k, t in enumerate(time_order(T, not saved["reverse"])):
         read, write = k % 2, 1 - k % 2
         buffers.update(dgx_t=dgx[t], dgh_t=dgh[t], dy_t=dy[t], gates_t=gates[t],
                        h_prev=h_prev[t], dh_direct=dh_direct[read],

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import array_api_compat
 
-
-def _time_order(T, reverse):
-    return range(T - 1, -1, -1) if reverse else range(T)
+from . import time_order
 
 
 def _active_mask(xp, lengths, t, like):
@@ -31,7 +29,7 @@ def forward_direction(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse)
     ys = [None] * T
     saved = {"h_prev": [None] * T, "gates": [None] * T,
              "c_prev": [None] * T, "gh_n": [None] * T}
-    for t in _time_order(T, reverse):
+    for t in time_order(T, reverse):
         active = _active_mask(xp, lengths, t, h)
         h_new, c_new, gates, gh_n = cell.forward_step(
             xp, gx_all[t, ...], xp.matmul(h, w_hh_t), b_hh, h, c)
@@ -51,7 +49,7 @@ def backward_direction(cell, dy, dh_n, dc_n, saved):
     T = x.shape[0]
     dh, dc = dh_n, dc_n
     dgx_all, dgh_all = [None] * T, [None] * T
-    for t in _time_order(T, not saved["reverse"]):
+    for t in time_order(T, not saved["reverse"]):
         active = _active_mask(xp, saved["lengths"], t, dh)
         dgx, dgh, dh_direct, dc_prev = cell.backward_step(
             xp, dh + dy[t, ...], dc, saved["gates"][t], saved["gh_n"][t],

@@ -15,6 +15,7 @@ import numpy as np
 
 from rnnkern.kernels import numba_rnn
 
+from . import int32_lengths
 from .cpu_blas import gemm_function
 
 
@@ -36,8 +37,7 @@ def forward_direction(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse)
     dtype = x.dtype
     gx = _matmul(_rows(x), w_ih.T).reshape(T, B, GH)
     gx += b_ih
-    lengths = (np.full(B, T, np.int32) if lengths is None
-               else np.ascontiguousarray(lengths, dtype=np.int32))
+    lengths = int32_lengths(np, lengths, B, T)
     lstm, gru = cell.has_cell_state, cell.keeps_gh_n
     h = np.array(h0, dtype=dtype, order="C", copy=True)
     c = np.array(c0, dtype=dtype, order="C", copy=True) if lstm else np.empty((B, 0), dtype)
