@@ -463,3 +463,18 @@ def test_training_step_on_cupy_matches_numpy():
     target = scatter_add_rows(cupy.zeros((3, 2), cupy.float32), cupy.asarray([0, 2, 0]),
                               cupy.ones((3, 2), cupy.float32))
     np.testing.assert_array_equal(target.get(), [[2, 2], [0, 0], [1, 1]])
+
+
+def test_every_layer_refuses_a_tape_that_is_not_its_own(rng):
+    dense, other = Dense(3, 2, seed=0), Dense(3, 2, seed=1)
+    model = Sequential(Dense(3, 2, seed=0))
+    x = rng.standard_normal((4, 3)).astype("float32")
+    last = LastTimestep()
+    sequence = rng.standard_normal((5, 2, 3)).astype("float32")
+    for layer, inputs in [(dense, x), (last, sequence), (model, x)]:
+        y, *_, tape = layer.forward(inputs)
+        with pytest.raises(TypeError, match="tape: expected the tape"):
+            layer.backward(np.ones_like(y), {"not": "a tape"})
+        _, foreign = other.forward(x)
+        with pytest.raises(ValueError, match="tape: it was recorded by another layer"):
+            layer.backward(np.ones_like(y), foreign)

@@ -42,19 +42,17 @@ class _LayerTape:
         return f"<rnnkern tape of {type(self.owner).__name__}>"
 
 
-class _ParameterLayer(ParameterLayer):
-    """``Embedding`` and ``Dense``: the shared parameter API, and their tapes."""
-
-    def _check_tape(self, tape):
-        if not isinstance(tape, _LayerTape):
-            raise TypeError(f"tape: expected the tape returned by this layer's forward, "
-                            f"got {describe(tape)}")
-        if tape.owner is not self:
-            raise ValueError("tape: it was recorded by another layer; pass the tape from "
-                             "this layer's forward")
+def _check_tape(tape, owner):
+    """Refuse anything but a tape that ``owner``'s own forward returned."""
+    if not isinstance(tape, _LayerTape):
+        raise TypeError(f"tape: expected the tape returned by this layer's forward, "
+                        f"got {describe(tape)}")
+    if tape.owner is not owner:
+        raise ValueError("tape: it was recorded by another layer; pass the tape from "
+                         "this layer's forward")
 
 
-class Embedding(_ParameterLayer):
+class Embedding(ParameterLayer):
     r"""Token ids to vectors, as ``torch.nn.Embedding``.
 
     .. math:: y[\ldots, :] = W[\mathrm{ids}[\ldots], :], \qquad
@@ -96,7 +94,7 @@ class Embedding(_ParameterLayer):
 
     def backward(self, dy, tape):
         """Return ``(None, {"weight": dW})``: ids have no gradient."""
-        self._check_tape(tape)
+        _check_tape(tape, self)
         flat = tape.saved
         xp = namespace_of(dy, flat, names=["dy", "the tape's ids"])
         v.check_array("dy", dy, dy.ndim, self.dtype,
@@ -114,7 +112,7 @@ class Embedding(_ParameterLayer):
                 f"device={self.device!r})")
 
 
-class Dense(_ParameterLayer):
+class Dense(ParameterLayer):
     r"""Affine map on the last axis, as ``torch.nn.Linear``.
 
     .. math:: y_t = V s_t + b, \qquad
@@ -157,7 +155,7 @@ class Dense(_ParameterLayer):
 
     def backward(self, dy, tape):
         """Return ``(dx, {"weight": dV, "bias": db})``."""
-        self._check_tape(tape)
+        _check_tape(tape, self)
         x = tape.saved
         xp = namespace_of(dy, x, names=["dy", "the tape's x"])
         params = self._parameters_for(xp, "dy")
@@ -212,9 +210,7 @@ class LastTimestep:
         return y, _LayerTape(self, tuple(x.shape))
 
     def backward(self, dy, tape):
-        if not isinstance(tape, _LayerTape) or tape.owner is not self:
-            raise TypeError(f"tape: expected the tape returned by this layer's forward, "
-                            f"got {describe(tape)}")
+        _check_tape(tape, self)
         input_shape = tape.saved
         xp = namespace_of(dy, names=["dy"])
         expected = self.output_shape(input_shape)
@@ -228,16 +224,6 @@ class LastTimestep:
 
     def __repr__(self):
         return f"LastTimestep(batch_first={self.batch_first})"
-
-
-class _SequentialTape:
-    __slots__ = ("owner", "tapes")
-
-    def __init__(self, owner, tapes):
-        self.owner, self.tapes = owner, tapes
-
-    def __repr__(self):
-        return f"<rnnkern tape of Sequential, {len(self.tapes)} layers>"
 
 
 class Sequential:
@@ -328,7 +314,7 @@ class Sequential:
             else:
                 x, tape = layer.forward(x)
             tapes.append(tape)
-        return x, new_states, _SequentialTape(self, tapes)
+        return x, new_states, _LayerTape(self, tapes)
 
     def backward(self, dy, tape, dstates=None):
         """Backpropagate through the chain.
@@ -342,9 +328,7 @@ class Sequential:
         grads : dict
             One gradient per parameter, named as in ``parameters()``.
         """
-        if not isinstance(tape, _SequentialTape) or tape.owner is not self:
-            raise TypeError(f"tape: expected the tape returned by this model's forward, "
-                            f"got {describe(tape)}")
+        _check_tape(tape, self)
         dstates = self._checked_states(dstates, "dstates")
         grads, dstates0 = {}, []
         k_state = self.num_recurrent
@@ -352,10 +336,10 @@ class Sequential:
             layer = self.layers[k]
             if isinstance(layer, _RECURRENT):
                 k_state -= 1
-                dy, dstate0, layer_grads = layer.backward(dy, tape.tapes[k], dstates[k_state])
+                dy, dstate0, layer_grads = layer.backward(dy, tape.saved[k], dstates[k_state])
                 dstates0.append(dstate0)
             else:
-                dy, layer_grads = layer.backward(dy, tape.tapes[k])
+                dy, layer_grads = layer.backward(dy, tape.saved[k])
             grads.update({f"{k}.{name}": g for name, g in layer_grads.items()})
         order = self.parameters()
         return dy, dstates0[::-1], {name: grads[name] for name in order}
