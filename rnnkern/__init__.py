@@ -13,7 +13,8 @@ parameter names and semantics.
 
 from .cells import CELLS, Cell, cell_for
 from .dispatch import backend_name, namespace_of
-from .layers import GRU, LSTM, RNN, Tape
+from .recurrent import GRU, LSTM, RNN
+from .tape import Tape
 
 __version__ = "0.1.0"
 

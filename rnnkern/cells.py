@@ -1,12 +1,9 @@
-"""The cell interface: one description per recurrent cell.
+"""The cell registry: ONE entry per recurrent cell says everything about it.
 
-Everything above the kernels (layers, the generic array-API backend, the
-tests) knows a cell only through its :class:`Cell` description: how many gates
-it has, the PyTorch gate order, which arrays the backward pass keeps, and the
-pointwise forward and backward step written with array-API calls.  The fast
-backends (Numba, CUDA) implement the very same two pointwise steps as fused
-kernels, looked up by ``cell.name``; the array-API versions here are their
-specification and the generic backend's implementation.
+Every other part of rnnkern knows a cell only through its :class:`Cell`
+entry in ``CELLS``: the layers (state tuple, parameter shapes), the backends
+(what BPTT saves, which kernels to run), the benchmarks and the tests (the
+public layer class, the torch oracle).  No other table is keyed by cell name.
 
 Notation for one step at time ``t`` (batch ``B``, hidden size ``H``, ``G``
 gates, PyTorch gate order; ``W_ih`` is ``(G*H, I)``, ``W_hh`` is ``(G*H, H)``)::
@@ -22,31 +19,41 @@ gates, PyTorch gate order; ``W_ih`` is ``(G*H, I)``, ``W_hh`` is ``(G*H, H)``)::
           n = tanh(gx_n + r * (gh_n + b_hn))                (PyTorch/cuDNN form)
           h_t = (1 - z) * n + z * h_{t-1}
 
-Variable lengths follow packed-sequence semantics: a batch row ``b`` is
-*active* at time ``t`` iff ``t < lengths[b]``.  An inactive step keeps the state
-unchanged and writes zeros to ``y_t``.  Because of that rule the same mask
-serves both directions: running backwards from ``t = T-1`` a short sequence
-holds its initial state until its own last element, then starts there.
+The state is a tuple of ``(B, H)`` arrays named by ``Cell.state_names``, ``h``
+first (``y_t = h_t``).  Variable lengths follow packed-sequence semantics: a
+batch row ``b`` is *active* at time ``t`` iff ``t < lengths[b]``.  An inactive
+step keeps the state unchanged and writes zeros to ``y_t``.  Because of that
+rule the same mask serves both directions: running backwards from ``t = T-1``
+a short sequence holds its initial state until its own last element, then
+starts there.  The backends apply the mask; a cell's steps never see it.
 
-The backward step receives ``dh`` (the gradient reaching ``h_t``: ``dy_t`` plus
-what flows back from step ``t+1``) and returns the gradients of the
+What BPTT keeps per step: the states entering it (always, one array per state
+name) and the cell's ``saved`` arrays, which its forward step writes.
+
+The backward step receives the gradients ``dstate`` reaching the state after
+step ``t`` (``dh`` already includes ``dy_t``) and returns the gradients of the
 pre-activations, split in two because the GRU's ``n`` gate sees ``gh_n`` only
-through ``r``::
+through ``r``, and the gradient of the state before the step, except for
+the part through ``W_hh``::
 
     dgx  gradient of gx (and of b_ih)             (B, G*H)
-    dgh  gradient of gh (and of b_hh)             (B, G*H)   == dgx but for GRU
-    dh_direct   the part of dh_{t-1} that does not pass through W_hh
-    dc_prev     gradient of c_{t-1} (LSTM)
+    dgh  gradient of gh (and of b_hh)             (B, G*H)   is dgx unless
+                                                             "dgh" in Cell.step_gradients
+    dstate_prev  gradients of the state entering the step, with the part of
+                 dh_{t-1} that passes through W_hh left out
 
-and the caller finishes ``dh_{t-1} = dh_direct + dgh @ W_hh``.
+and the caller finishes ``dh_{t-1} = dstate_prev[0] + dgh @ W_hh``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Cell", "CELLS", "cell_for"]
+from . import reference
+
+__all__ = ["Cell", "Parameter", "Saved", "CELLS", "cell_for", "cells_of_layer"]
 
 
 def _sigmoid(xp, a):
@@ -54,66 +61,59 @@ def _sigmoid(xp, a):
     return 1.0 / (1.0 + xp.exp(-a))
 
 
+def _gate(a, k, H):
+    """Gate ``k``'s block of columns of a ``(B, G*H)`` array."""
+    return a[:, k * H:(k + 1) * H]
+
+
 # --------------------------------------------------------------------------
-# Pointwise forward steps: (xp, gx, gh, b_hh, h_prev, c_prev)
-#   -> (h_new, c_new, gates, gh_n)
-# ``gates`` holds the activated gates the backward pass needs; ``gh_n`` is the
-# GRU's W_hn h + b_hn (None for the other cells).
+# Pointwise steps in array-API form: the specification the fused kernels
+# implement, and the generic backend's implementation.
+#
+#   forward_step(xp, gx, gh, b_hh, state) -> (new_state, saved)
+#   backward_step(xp, dstate, saved, state_prev) -> (dgx, dgh, dstate_prev)
+#
+# ``state``/``state_prev`` is the tuple of states entering the step,
+# ``saved`` the tuple of arrays named by ``Cell.saved``.
 # --------------------------------------------------------------------------
 
-def _rnn_tanh_forward(xp, gx, gh, b_hh, h_prev, c_prev):
+def _rnn_tanh_forward(xp, gx, gh, b_hh, state):
     h = xp.tanh(gx + gh + b_hh)
-    return h, None, h, None
+    return (h,), (h,)
 
 
-def _rnn_relu_forward(xp, gx, gh, b_hh, h_prev, c_prev):
+def _rnn_relu_forward(xp, gx, gh, b_hh, state):
     h = xp.maximum(gx + gh + b_hh, xp.zeros_like(gx))
-    return h, None, h, None
+    return (h,), (h,)
 
 
-def _lstm_forward(xp, gx, gh, b_hh, h_prev, c_prev):
+def _rnn_tanh_backward(xp, dstate, saved, state_prev):
+    (dh,), (h,) = dstate, saved
+    da = dh * (1.0 - h * h)                          # tanh' = 1 - h^2
+    return da, da, (xp.zeros_like(dh),)
+
+
+def _rnn_relu_backward(xp, dstate, saved, state_prev):
+    (dh,), (h,) = dstate, saved
+    da = xp.where(h > 0, dh, xp.zeros_like(dh))      # relu' = [h > 0]
+    return da, da, (xp.zeros_like(dh),)
+
+
+def _lstm_forward(xp, gx, gh, b_hh, state):
+    h_prev, c_prev = state
     H = h_prev.shape[-1]
     a = gx + gh + b_hh
-    i = _sigmoid(xp, a[:, 0 * H:1 * H])
-    f = _sigmoid(xp, a[:, 1 * H:2 * H])
-    g = xp.tanh(a[:, 2 * H:3 * H])
-    o = _sigmoid(xp, a[:, 3 * H:4 * H])
+    i, f = _sigmoid(xp, _gate(a, 0, H)), _sigmoid(xp, _gate(a, 1, H))
+    g, o = xp.tanh(_gate(a, 2, H)), _sigmoid(xp, _gate(a, 3, H))
     c = f * c_prev + i * g
     h = o * xp.tanh(c)
-    return h, c, xp.concat([i, f, g, o], axis=-1), None
+    return (h, c), (xp.concat([i, f, g, o], axis=-1),)
 
 
-def _gru_forward(xp, gx, gh, b_hh, h_prev, c_prev):
-    H = h_prev.shape[-1]
-    gh = gh + b_hh
-    r = _sigmoid(xp, gx[:, 0:H] + gh[:, 0:H])
-    z = _sigmoid(xp, gx[:, H:2 * H] + gh[:, H:2 * H])
-    gh_n = gh[:, 2 * H:3 * H]
-    n = xp.tanh(gx[:, 2 * H:3 * H] + r * gh_n)
-    h = (1.0 - z) * n + z * h_prev        # = n + z * (h_prev - n)
-    return h, None, xp.concat([r, z, n], axis=-1), gh_n
-
-
-# --------------------------------------------------------------------------
-# Pointwise backward steps:
-#   (xp, dh, dc, gates, gh_n, h_prev, c_prev) -> (dgx, dgh, dh_direct, dc_prev)
-# All inputs are for one active step; the caller applies the length mask.
-# --------------------------------------------------------------------------
-
-def _rnn_tanh_backward(xp, dh, dc, gates, gh_n, h_prev, c_prev):
-    da = dh * (1.0 - gates * gates)                 # tanh' = 1 - h^2
-    return da, da, xp.zeros_like(dh), None
-
-
-def _rnn_relu_backward(xp, dh, dc, gates, gh_n, h_prev, c_prev):
-    da = xp.where(gates > 0, dh, xp.zeros_like(dh))  # relu' = [h > 0]
-    return da, da, xp.zeros_like(dh), None
-
-
-def _lstm_backward(xp, dh, dc, gates, gh_n, h_prev, c_prev):
+def _lstm_backward(xp, dstate, saved, state_prev):
+    (dh, dc), (gates,), (_, c_prev) = dstate, saved, state_prev
     H = dh.shape[-1]
-    i, f = gates[:, 0:H], gates[:, H:2 * H]
-    g, o = gates[:, 2 * H:3 * H], gates[:, 3 * H:4 * H]
+    i, f, g, o = (_gate(gates, k, H) for k in range(4))
     tanh_c = xp.tanh(f * c_prev + i * g)            # c_t recomputed, not kept
     dc = dc + dh * o * (1.0 - tanh_c * tanh_c)      # h = o tanh(c)
     da = xp.concat([
@@ -122,75 +122,168 @@ def _lstm_backward(xp, dh, dc, gates, gh_n, h_prev, c_prev):
         dc * i * (1.0 - g * g),                      # dg * tanh'
         dh * tanh_c * o * (1.0 - o),                 # do * sig'
     ], axis=-1)
-    return da, da, xp.zeros_like(dh), dc * f
+    return da, da, (xp.zeros_like(dh), dc * f)
 
 
-def _gru_backward(xp, dh, dc, gates, gh_n, h_prev, c_prev):
+def _gru_forward(xp, gx, gh, b_hh, state):
+    (h_prev,) = state
+    H = h_prev.shape[-1]
+    gh = gh + b_hh
+    r = _sigmoid(xp, _gate(gx, 0, H) + _gate(gh, 0, H))
+    z = _sigmoid(xp, _gate(gx, 1, H) + _gate(gh, 1, H))
+    gh_n = _gate(gh, 2, H)
+    n = xp.tanh(_gate(gx, 2, H) + r * gh_n)
+    h = (1.0 - z) * n + z * h_prev        # = n + z * (h_prev - n)
+    return (h,), (xp.concat([r, z, n], axis=-1), gh_n)
+
+
+def _gru_backward(xp, dstate, saved, state_prev):
+    (dh,), (gates, gh_n), (h_prev,) = dstate, saved, state_prev
     H = dh.shape[-1]
-    r, z, n = gates[:, 0:H], gates[:, H:2 * H], gates[:, 2 * H:3 * H]
+    r, z, n = (_gate(gates, k, H) for k in range(3))
     dn = dh * (1.0 - z) * (1.0 - n * n)             # through tanh
     dz = dh * (h_prev - n) * z * (1.0 - z)          # h = n + z (h_prev - n)
     dr = dn * gh_n * r * (1.0 - r)                  # n = tanh(gx_n + r gh_n)
     dgx = xp.concat([dr, dz, dn], axis=-1)
     dgh = xp.concat([dr, dz, dn * r], axis=-1)
-    return dgx, dgh, dh * z, None
+    return dgx, dgh, (dh * z,)
+
+
+# --------------------------------------------------------------------------
+# The description
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a layer-direction.
+
+    ``shape`` is symbolic: each entry a product of sizes (``"G*H"``, ``"I"``)
+    over ``G`` (gates), ``H`` (hidden size) and ``I`` (input size).  Its
+    ``state_dict`` name is ``name`` plus the layer suffix (``_l0``,
+    ``_l1_reverse``, ...).  A bias is left out with ``bias=False``.
+    """
+
+    name: str
+    shape: tuple
+    is_bias: bool = False
+
+    def shape_for(self, sizes: dict) -> tuple:
+        """The concrete shape, for ``sizes`` such as ``{"G": 4, "H": 16, "I": 8}``."""
+        return tuple(math.prod(sizes[s] for s in entry.split("*")) for entry in self.shape)
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A per-step array the forward step writes for BPTT: ``(T, B, width * H)``."""
+
+    name: str
+    width: int
+
+
+#: The parameters of PyTorch's RNN, LSTM and GRU.
+STANDARD_PARAMETERS = (
+    Parameter("weight_ih", ("G*H", "I")),
+    Parameter("weight_hh", ("G*H", "H")),
+    Parameter("bias_ih", ("G*H",), is_bias=True),
+    Parameter("bias_hh", ("G*H",), is_bias=True),
+)
 
 
 @dataclass(frozen=True)
 class Cell:
-    """Description of one recurrent cell.
+    """Everything rnnkern knows about one recurrent cell.
 
     Attributes
     ----------
     name : str
-        Kernel family name: ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"``, ``"gru"``.
-    num_gates : int
-        ``G``: the weight matrices are ``(G*H, I)`` and ``(G*H, H)``.
+        Registry key: ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"``, ``"gru"``.
     gate_names : tuple of str
-        The gates in PyTorch order (the row blocks of ``W_ih``/``W_hh``).
-    has_cell_state : bool
-        True for the LSTM (state is ``(h, c)``).
-    keeps_gh_n : bool
-        True for the GRU: the backward pass needs ``W_hn h + b_hn``.
+        The gates in PyTorch order (the row blocks of ``W_ih``/``W_hh``);
+        ``num_gates`` is their count ``G``.
+    state_names : tuple of str
+        The state tuple, ``h`` first: ``("h",)`` or ``("h", "c")``.
+    saved : tuple of Saved
+        Per-step arrays the forward step writes for BPTT, besides the states
+        entering each step (which are always kept).
+    step_gradients : tuple of str
+        The pre-activation gradients a backward step writes: ``("dgx",)``
+        when the gradient of ``gh`` equals that of ``gx`` (one array serves
+        both), ``("dgx", "dgh")`` when they differ.
     forward_step, backward_step : callable
         The pointwise steps in array-API form (see the module docstring).
+    reference_steps : (callable, callable)
+        The plain NumPy step pair of ``rnnkern.reference``.
+    kernels : dict
+        The cell's kernels per backend: ``"numba"``, the row functions
+        ``"<module>.<prefix>"`` of ``rnnkern.kernels.numba`` (``prefix +
+        "_forward_row"``, ``"_backward_row"``); ``"cuda"``, the C++ type of
+        its pointwise steps in ``kernels/cuda/cells/`` (the template argument
+        of the step driver).
+    layer : str
+        The public layer class (``rnnkern.<layer>``), also the ``torch.nn``
+        class that is its oracle when ``torch_oracle`` is true.
+    layer_options : dict
+        Constructor options that select this cell in ``layer``
+        (``{"nonlinearity": "relu"}``), the same for torch's class.
+    torch_oracle : bool
+        Whether ``torch.nn.<layer>`` computes this cell (else the tests use
+        the plain reference only).
+    parameters : tuple of Parameter
+        The parameters of one layer-direction, in ``state_dict`` order.
     """
 
     name: str
-    num_gates: int
     gate_names: tuple
-    has_cell_state: bool
-    keeps_gh_n: bool
+    state_names: tuple
+    saved: tuple
+    step_gradients: tuple
     forward_step: Callable[..., Any]
     backward_step: Callable[..., Any]
+    reference_steps: tuple
+    kernels: dict
+    layer: str
+    layer_options: dict = field(default_factory=dict)
+    torch_oracle: bool = True
+    parameters: tuple = STANDARD_PARAMETERS
 
     @property
-    def saved(self) -> tuple:
-        """Names of the per-timestep arrays the backward pass keeps."""
-        names = ["h_prev", "gates"]
-        if self.has_cell_state:
-            names.append("c_prev")
-        if self.keeps_gh_n:
-            names.append("gh_n")
-        return tuple(names)
+    def num_gates(self) -> int:
+        return len(self.gate_names)
 
-    def parameter_shapes(self, input_size: int, hidden_size: int) -> dict:
-        """Shapes of one layer-direction's parameters, by PyTorch suffix."""
-        gh = self.num_gates * hidden_size
-        return {"weight_ih": (gh, input_size), "weight_hh": (gh, hidden_size),
-                "bias_ih": (gh,), "bias_hh": (gh,)}
+    @property
+    def num_states(self) -> int:
+        return len(self.state_names)
+
+    def parameter_shapes(self, input_size: int, hidden_size: int, bias: bool = True) -> dict:
+        """Shapes of one layer-direction's parameters, by name (no layer suffix)."""
+        sizes = {"G": self.num_gates, "H": hidden_size, "I": input_size}
+        return {p.name: p.shape_for(sizes) for p in self.parameters if bias or not p.is_bias}
 
 
-CELLS = {
-    "rnn_tanh": Cell("rnn_tanh", 1, ("h",), False, False,
-                     _rnn_tanh_forward, _rnn_tanh_backward),
-    "rnn_relu": Cell("rnn_relu", 1, ("h",), False, False,
-                     _rnn_relu_forward, _rnn_relu_backward),
-    "lstm": Cell("lstm", 4, ("i", "f", "g", "o"), True, False,
-                 _lstm_forward, _lstm_backward),
-    "gru": Cell("gru", 3, ("r", "z", "n"), False, True,
-                _gru_forward, _gru_backward),
-}
+CELLS = {cell.name: cell for cell in (
+    Cell("rnn_tanh", gate_names=("h",), state_names=("h",), saved=(Saved("gates", 1),),
+         step_gradients=("dgx",), forward_step=_rnn_tanh_forward,
+         backward_step=_rnn_tanh_backward,
+         reference_steps=(reference.rnn_tanh_step, reference.rnn_tanh_step_backward),
+         kernels={"numba": "elman.tanh", "cuda": "ElmanCell<TanhActivation>"},
+         layer="RNN", layer_options={"nonlinearity": "tanh"}),
+    Cell("rnn_relu", gate_names=("h",), state_names=("h",), saved=(Saved("gates", 1),),
+         step_gradients=("dgx",), forward_step=_rnn_relu_forward,
+         backward_step=_rnn_relu_backward,
+         reference_steps=(reference.rnn_relu_step, reference.rnn_relu_step_backward),
+         kernels={"numba": "elman.relu", "cuda": "ElmanCell<ReluActivation>"},
+         layer="RNN", layer_options={"nonlinearity": "relu"}),
+    Cell("lstm", gate_names=("i", "f", "g", "o"), state_names=("h", "c"),
+         saved=(Saved("gates", 4),), step_gradients=("dgx",),
+         forward_step=_lstm_forward, backward_step=_lstm_backward,
+         reference_steps=(reference.lstm_step, reference.lstm_step_backward),
+         kernels={"numba": "lstm.lstm", "cuda": "LstmCell"}, layer="LSTM"),
+    Cell("gru", gate_names=("r", "z", "n"), state_names=("h",),
+         saved=(Saved("gates", 3), Saved("gh_n", 1)), step_gradients=("dgx", "dgh"),
+         forward_step=_gru_forward, backward_step=_gru_backward,
+         reference_steps=(reference.gru_step, reference.gru_step_backward),
+         kernels={"numba": "gru.gru", "cuda": "GruCell"}, layer="GRU"),
+)}
 
 
 def cell_for(name: str) -> Cell:
@@ -200,3 +293,8 @@ def cell_for(name: str) -> Cell:
     except KeyError:
         raise ValueError(
             f"cell: expected one of {sorted(CELLS)}, got {name!r}") from None
+
+
+def cells_of_layer(layer: str) -> tuple:
+    """The cells a public layer class computes, e.g. ``RNN`` -> rnn_tanh, rnn_relu."""
+    return tuple(cell for cell in CELLS.values() if cell.layer == layer)

@@ -3,8 +3,9 @@
 ``namespace_of(*arrays)`` returns the array-API namespace shared by all the
 arrays (NumPy and CuPy come back as their array-api-compat wrappers) and raises
 one clear TypeError when they mix libraries or devices.  ``backend_name(xp)``
-maps that namespace to ``"numpy"`` (Numba kernels), ``"cupy"`` (CUDA kernels)
-or ``"generic"`` (plain array-API code, slow but correct).
+maps that namespace to its backend package: ``"numba"`` (NumPy arrays),
+``"cuda"`` (CuPy arrays) or ``"generic"`` (plain array-API code, slow but
+correct).
 
 Nothing here imports CuPy: array-api-compat recognises CuPy arrays by looking
 the class up in ``sys.modules``.
@@ -14,17 +15,9 @@ from __future__ import annotations
 
 import array_api_compat
 
-__all__ = ["namespace_of", "backend_name", "describe"]
+from .validation import describe
 
-
-def describe(a) -> str:
-    """Short description of an argument for error messages."""
-    t = type(a)
-    shape = getattr(a, "shape", None)
-    dtype = getattr(a, "dtype", None)
-    if shape is not None and dtype is not None:
-        return f"{t.__module__}.{t.__qualname__} of shape {tuple(shape)} and dtype {dtype}"
-    return f"{t.__module__}.{t.__qualname__}"
+__all__ = ["namespace_of", "backend_name"]
 
 
 def namespace_of(*arrays, names=None):
@@ -57,9 +50,13 @@ def namespace_of(*arrays, names=None):
 
 
 def backend_name(xp) -> str:
-    """``"numpy"``, ``"cupy"`` or ``"generic"`` for an array namespace."""
+    """The backend package (``rnnkern.backends.<name>``) for an array namespace.
+
+    ``"numba"`` for NumPy, ``"cuda"`` for CuPy, ``"generic"`` for any other
+    array-API library.
+    """
     if array_api_compat.is_numpy_namespace(xp):
-        return "numpy"
+        return "numba"
     if array_api_compat.is_cupy_namespace(xp):
-        return "cupy"
+        return "cuda"
     return "generic"

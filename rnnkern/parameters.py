@@ -12,17 +12,11 @@ import array_api_compat
 import numpy as np
 
 from . import validation as v
-from .dispatch import backend_name, describe
+from .devices import check_device, require_cupy
+from .dispatch import backend_name
+from .validation import describe
 
-__all__ = ["DEVICES", "ParameterLayer", "check_state_dict", "check_device", "to_device_array"]
-
-DEVICES = ("cpu", "cuda")
-
-
-def check_device(device):
-    if device not in DEVICES:
-        raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
-    return device
+__all__ = ["ParameterLayer", "check_state_dict", "to_device_array"]
 
 
 class ParameterLayer:
@@ -83,9 +77,10 @@ class ParameterLayer:
             if self._generic_cache is None or self._generic_cache[0] != key:
                 self._generic_cache = (key, {n: xp.asarray(p) for n, p in self._params.items()})
             return self._generic_cache[1]
-        wanted = "cpu" if backend == "numpy" else "cuda"
+        wanted = "cpu" if backend == "numba" else "cuda"
         if wanted != self.device:
-            raise TypeError(f"{argument}: a {backend} array was given but the layer's parameters "
+            library = "numpy" if backend == "numba" else "cupy"
+            raise TypeError(f"{argument}: a {library} array was given but the layer's parameters "
                             f"are on device {self.device!r}; call .to({wanted!r}) first")
         return self._params
 
@@ -133,7 +128,7 @@ def to_device_array(value, device, name):
                                 f"pass a NumPy array or a detached CPU tensor") from None
         raise TypeError(f"{name}: expected a NumPy or CuPy array or an object with "
                         f"__dlpack__, got {describe(value)}")
-    cupy = _cupy_with_a_device()
+    cupy = require_cupy()
     if isinstance(value, np.ndarray) or array_api_compat.is_cupy_array(value):
         return cupy.asarray(value)
     if hasattr(value, "__dlpack__"):
@@ -143,19 +138,3 @@ def to_device_array(value, device, name):
             raise TypeError(f"{name}: could not read it through DLPack ({err})") from None
     raise TypeError(f"{name}: expected a NumPy or CuPy array or an object with "
                     f"__dlpack__, got {describe(value)}")
-
-
-def _cupy_with_a_device():
-    """Import CuPy for device "cuda", or say clearly why it cannot be used."""
-    try:
-        import cupy
-    except ImportError:
-        raise RuntimeError("device 'cuda' needs CuPy: pip install 'rnnkern[cuda]' "
-                           "(or the cupy-cudaXXx wheel matching your driver)") from None
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as err:        # no driver, or a driver error
-        raise RuntimeError(f"device 'cuda': CuPy found no usable CUDA device ({err})") from None
-    if count == 0:
-        raise RuntimeError("device 'cuda': CuPy found no CUDA device")
-    return cupy

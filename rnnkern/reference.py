@@ -1,80 +1,110 @@
 """Plain NumPy reference: every cell, step by step, written for reading.
 
-Independent of the cell interface and the kernels (it shares no code with
-them), so it can check both; the tests check it in turn against finite
-differences.  It is also the "plain NumPy" column of ``python -m rnnkern
+Independent of the kernels and of the array-API steps in ``rnnkern.cells``
+(it shares no math with them), so it can check both; the tests check it in
+turn against finite differences.  The registry names each cell's step pair
+here (``Cell.reference_steps``).  It is also the "plain NumPy" column of ``python -m rnnkern
 bench``.  Time-major only: ``x`` is ``(T, B, I)``; ``params`` uses PyTorch's
 names; ``lengths`` follows packed-sequence semantics (see ``rnnkern.cells``).
 
->>> y, h_n, c_n, cache = reference_forward("lstm", params, x, num_layers=2)
->>> dx, dh0, dc0, grads = reference_backward(dy, dh_n_grad, dc_n_grad, cache)
+>>> y, (h_n, c_n), cache = reference_forward("lstm", params, x, num_layers=2)
+>>> dx, (dh0, dc0), grads = reference_backward(dy, (dh_n_grad, dc_n_grad), cache)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["reference_forward", "reference_backward"]
+__all__ = ["reference_forward", "reference_backward",
+           "rnn_tanh_step", "rnn_tanh_step_backward", "rnn_relu_step", "rnn_relu_step_backward",
+           "lstm_step", "lstm_step_backward", "gru_step", "gru_step_backward"]
 
 
 def _sigmoid(a):
     return 1.0 / (1.0 + np.exp(-a))
 
 
-def _step(cell, x_t, h, c, w_ih, w_hh, b_ih, b_hh):
-    """One cell step; returns (h_new, c_new, what the backward step needs)."""
+# --------------------------------------------------------------------------
+# One step of each cell (the registry, rnnkern.cells, points at these pairs).
+#
+#   step(gx, gh, state) -> (new_state, kept)
+#       gx = x_t W_ih^T + b_ih and gh = h_{t-1} W_hh^T + b_hh (biases included)
+#   step_backward(dstate, state, kept) -> (dgx, dgh, dstate_direct)
+#       dgx, dgh: gradients of gx and gh; dstate_direct: gradients of the state
+#       entering the step, except the part of dh that flows through W_hh
+# --------------------------------------------------------------------------
+
+def _rnn_step(act, gx, gh, state):
+    h_new = act(gx + gh)
+    return (h_new,), {"h_new": h_new}
+
+
+def rnn_tanh_step(gx, gh, state):
+    """h_t = tanh(gx + gh)."""
+    return _rnn_step(np.tanh, gx, gh, state)
+
+
+def rnn_relu_step(gx, gh, state):
+    """h_t = max(gx + gh, 0)."""
+    return _rnn_step(lambda a: np.maximum(a, 0), gx, gh, state)
+
+
+def rnn_tanh_step_backward(dstate, state, kept):
+    (dh,) = dstate
+    da = dh * (1 - kept["h_new"] ** 2)
+    return da, da, (np.zeros_like(dh),)
+
+
+def rnn_relu_step_backward(dstate, state, kept):
+    (dh,) = dstate
+    da = dh * (kept["h_new"] > 0)
+    return da, da, (np.zeros_like(dh),)
+
+
+def lstm_step(gx, gh, state):
+    """i, f, g, o = sig, sig, tanh, sig of gx + gh; c = f c + i g; h = o tanh(c)."""
+    h, c = state
     H = h.shape[1]
-    gx = x_t @ w_ih.T + b_ih
-    gh = h @ w_hh.T + b_hh
-    if cell in ("rnn_tanh", "rnn_relu"):
-        a = gx + gh
-        h_new = np.tanh(a) if cell == "rnn_tanh" else np.maximum(a, 0)
-        return h_new, None, {"h_new": h_new}
-    if cell == "lstm":
-        a = gx + gh
-        i, f = _sigmoid(a[:, :H]), _sigmoid(a[:, H:2 * H])
-        g, o = np.tanh(a[:, 2 * H:3 * H]), _sigmoid(a[:, 3 * H:])
-        c_new = f * c + i * g
-        h_new = o * np.tanh(c_new)
-        return h_new, c_new, {"i": i, "f": f, "g": g, "o": o, "c_new": c_new}
-    if cell == "gru":
-        r = _sigmoid(gx[:, :H] + gh[:, :H])
-        z = _sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])
-        n = np.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])
-        h_new = (1 - z) * n + z * h
-        return h_new, None, {"r": r, "z": z, "n": n, "gh_n": gh[:, 2 * H:]}
-    raise ValueError(f"cell: unknown {cell!r}")
+    a = gx + gh
+    i, f = _sigmoid(a[:, :H]), _sigmoid(a[:, H:2 * H])
+    g, o = np.tanh(a[:, 2 * H:3 * H]), _sigmoid(a[:, 3 * H:])
+    c_new = f * c + i * g
+    h_new = o * np.tanh(c_new)
+    return (h_new, c_new), {"i": i, "f": f, "g": g, "o": o, "c_new": c_new}
 
 
-def _step_backward(cell, dh, dc, x_t, h, c, w_ih, w_hh, k):
-    """Gradients of one step from dh (and dc) at its output.
+def lstm_step_backward(dstate, state, kept):
+    (dh, dc), (_, c) = dstate, state
+    i, f, g, o, c_new = kept["i"], kept["f"], kept["g"], kept["o"], kept["c_new"]
+    tc = np.tanh(c_new)
+    dc_total = dc + dh * o * (1 - tc ** 2)
+    da = np.concatenate([dc_total * g * i * (1 - i),
+                         dc_total * c * f * (1 - f),
+                         dc_total * i * (1 - g ** 2),
+                         dh * tc * o * (1 - o)], axis=1)
+    return da, da, (np.zeros_like(dh), dc_total * f)
 
-    Returns (dx_t, dh_prev, dc_prev, dW_ih, dW_hh, db_ih, db_hh).
-    """
-    if cell in ("rnn_tanh", "rnn_relu"):
-        h_new = k["h_new"]
-        da = dh * (1 - h_new ** 2) if cell == "rnn_tanh" else dh * (h_new > 0)
-        dgx = dgh = da
-        dh_prev, dc_prev = dgh @ w_hh, None
-    elif cell == "lstm":
-        i, f, g, o, c_new = k["i"], k["f"], k["g"], k["o"], k["c_new"]
-        tc = np.tanh(c_new)
-        dc_total = dc + dh * o * (1 - tc ** 2)
-        dgx = dgh = np.concatenate([dc_total * g * i * (1 - i),
-                                    dc_total * c * f * (1 - f),
-                                    dc_total * i * (1 - g ** 2),
-                                    dh * tc * o * (1 - o)], axis=1)
-        dh_prev, dc_prev = dgh @ w_hh, dc_total * f
-    else:  # gru
-        r, z, n, gh_n = k["r"], k["z"], k["n"], k["gh_n"]
-        dn_pre = dh * (1 - z) * (1 - n ** 2)
-        dz_pre = dh * (h - n) * z * (1 - z)
-        dr_pre = dn_pre * gh_n * r * (1 - r)
-        dgx = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
-        dgh = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1)
-        dh_prev, dc_prev = dh * z + dgh @ w_hh, None
-    return (dgx @ w_ih, dh_prev, dc_prev, dgx.T @ x_t, dgh.T @ h,
-            dgx.sum(axis=0), dgh.sum(axis=0))
+
+def gru_step(gx, gh, state):
+    """r, z = sig(gx + gh); n = tanh(gx_n + r gh_n); h = (1 - z) n + z h."""
+    (h,) = state
+    H = h.shape[1]
+    r = _sigmoid(gx[:, :H] + gh[:, :H])
+    z = _sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])
+    n = np.tanh(gx[:, 2 * H:] + r * gh[:, 2 * H:])
+    h_new = (1 - z) * n + z * h
+    return (h_new,), {"r": r, "z": z, "n": n, "gh_n": gh[:, 2 * H:]}
+
+
+def gru_step_backward(dstate, state, kept):
+    (dh,), (h,) = dstate, state
+    r, z, n, gh_n = kept["r"], kept["z"], kept["n"], kept["gh_n"]
+    dn_pre = dh * (1 - z) * (1 - n ** 2)
+    dz_pre = dh * (h - n) * z * (1 - z)
+    dr_pre = dn_pre * gh_n * r * (1 - r)
+    dgx = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
+    dgh = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1)
+    return dgx, dgh, (dh * z,)
 
 
 def _names(layer, reverse):
@@ -82,52 +112,80 @@ def _names(layer, reverse):
     return "weight_ih" + s, "weight_hh" + s, "bias_ih" + s, "bias_hh" + s
 
 
-def reference_forward(cell, params, x, h0=None, c0=None, lengths=None,
-                      num_layers=1, bidirectional=False):
+def _cell(cell):
+    from .cells import cell_for      # the registry points here: import it late
+
+    return cell_for(cell) if isinstance(cell, str) else cell
+
+
+def reference_forward(cell, params, x, state0=None, lengths=None, num_layers=1,
+                      bidirectional=False):
     """Forward pass of a stacked (bi)directional layer; see the module docstring.
 
-    Returns ``y (T, B, D*H)``, ``h_n (L*D, B, H)``, ``c_n`` (LSTM, else None)
-    and a cache for :func:`reference_backward`.
+    Parameters
+    ----------
+    cell : str or rnnkern.cells.Cell
+    params : dict
+        PyTorch names (``weight_ih_l0``, ...); missing biases count as zero.
+    x : (T, B, I) array
+    state0 : tuple of (L*D, B, H) arrays, optional
+        One per state of the cell (``(h0,)`` or ``(h0, c0)``); zeros if None.
+
+    Returns
+    -------
+    y : (T, B, D*H) array
+    state_n : tuple of (L*D, B, H) arrays
+    cache : for :func:`reference_backward`
     """
+    cell = _cell(cell)
+    forward_step = cell.reference_steps[0]
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
     H = params["weight_hh_l0"].shape[1]
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
-    zeros = np.zeros((num_layers * D, B, H), x.dtype)
-    h0 = zeros if h0 is None else h0
-    c0 = zeros if c0 is None else c0
-    h_n, c_n, steps = np.zeros_like(h0), np.zeros_like(c0), {}
+    if state0 is None:
+        state0 = tuple(np.zeros((num_layers * D, B, H), x.dtype) for _ in cell.state_names)
+    state_n, steps = tuple(np.zeros_like(s) for s in state0), {}
     inp = x
     for layer in range(num_layers):
         outs = []
         for d in range(D):
             idx = layer * D + d
             w_ih, w_hh, b_ih, b_hh = (params.get(n, 0.0) for n in _names(layer, d == 1))
-            h, c = h0[idx].copy(), c0[idx].copy()
+            state = tuple(s[idx].copy() for s in state0)
             y = np.zeros((T, B, H), x.dtype)
             order = range(T - 1, -1, -1) if d else range(T)
             for t in order:
                 active = (t < lengths)[:, None]
-                h_new, c_new, kept = _step(cell, inp[t], h, c, w_ih, w_hh, b_ih, b_hh)
-                steps[idx, t] = (h, c, kept, active)
-                y[t] = np.where(active, h_new, 0)
-                h = np.where(active, h_new, h)
-                c = np.where(active, c_new, c) if c_new is not None else c
-            h_n[idx], c_n[idx] = h, c
+                new_state, kept = forward_step(inp[t] @ w_ih.T + b_ih, state[0] @ w_hh.T + b_hh,
+                                               state)
+                steps[idx, t] = (state, kept, active)
+                y[t] = np.where(active, new_state[0], 0)
+                state = tuple(np.where(active, new, old) for new, old in zip(new_state, state))
+            for s_n, s in zip(state_n, state):
+                s_n[idx] = s
             outs.append(y)
         steps[layer, "input"] = inp
         inp = np.concatenate(outs, axis=2)
     cache = {"cell": cell, "params": params, "steps": steps, "T": T, "D": D, "H": H,
              "num_layers": num_layers}
-    return inp, h_n, (c_n if cell == "lstm" else None), cache
+    return inp, state_n, cache
 
 
-def reference_backward(dy, dh_n, dc_n, cache):
-    """Gradients for :func:`reference_forward`: ``dx, dh0, dc0, grads``."""
+def reference_backward(dy, dstate_n, cache):
+    """Gradients for :func:`reference_forward`.
+
+    ``dstate_n`` is a tuple like ``state_n`` (None for zeros).  Returns
+    ``dx, dstate0 (tuple), grads (dict of PyTorch names)``.
+    """
     cell, params, steps = cache["cell"], cache["params"], cache["steps"]
+    backward_step = cell.reference_steps[1]
     T, D, H = cache["T"], cache["D"], cache["H"]
-    dh0, dc0 = np.zeros_like(dh_n), np.zeros_like(dh_n)
-    dc_n = np.zeros_like(dh_n) if dc_n is None else dc_n
+    shape = (cache["num_layers"] * D, dy.shape[1], H)
+    if dstate_n is None:
+        dstate_n = (None,) * cell.num_states
+    dstate_n = tuple(np.zeros(shape, dy.dtype) if d is None else d for d in dstate_n)
+    dstate0 = tuple(np.zeros_like(d) for d in dstate_n)
     grads = {}
     for layer in reversed(range(cache["num_layers"])):
         inp = steps[layer, "input"]
@@ -138,25 +196,26 @@ def reference_backward(dy, dh_n, dc_n, cache):
             w_ih, w_hh = params[names[0]], params[names[1]]
             g = [np.zeros_like(w_ih), np.zeros_like(w_hh),
                  np.zeros(w_ih.shape[0], dy.dtype), np.zeros(w_ih.shape[0], dy.dtype)]
-            dh, dc = dh_n[idx].copy(), dc_n[idx].copy()
+            dstate = tuple(s[idx].copy() for s in dstate_n)
             order = range(T) if d else range(T - 1, -1, -1)    # reverse of forward
             for t in order:
-                h, c, kept, active = steps[idx, t]
+                state, kept, active = steps[idx, t]
                 # An inactive row's step is the identity on the state: it gets
-                # no gradient (zero dh, dc in, so all its terms vanish) and
-                # passes dh, dc through unchanged.
-                dx_t, dh_prev, dc_prev, *dparams = _step_backward(
-                    cell, np.where(active, dh + dy[t, :, d * H:(d + 1) * H], 0),
-                    np.where(active, dc, 0), inp[t], h, c, w_ih, w_hh, kept)
-                dinp[t] += dx_t
-                for acc, grad in zip(g, dparams):
+                # no gradient (zero gradients in, so all its terms vanish) and
+                # passes the state gradients through unchanged.
+                into = (dstate[0] + dy[t, :, d * H:(d + 1) * H],) + dstate[1:]
+                dgx, dgh, direct = backward_step(tuple(np.where(active, s, 0) for s in into),
+                                                 state, kept)
+                dinp[t] += dgx @ w_ih
+                for acc, grad in zip(g, (dgx.T @ inp[t], dgh.T @ state[0],
+                                         dgx.sum(axis=0), dgh.sum(axis=0))):
                     acc += grad
-                dh = np.where(active, dh_prev, dh)
-                if dc_prev is not None:
-                    dc = np.where(active, dc_prev, dc)
-            dh0[idx], dc0[idx] = dh, dc
+                previous = (direct[0] + dgh @ w_hh,) + direct[1:]
+                dstate = tuple(np.where(active, new, old) for new, old in zip(previous, dstate))
+            for s0, s in zip(dstate0, dstate):
+                s0[idx] = s
             for n, grad in zip(names, g):
                 if n in params:
                     grads[n] = grad
         dy = dinp
-    return dy, dh0, (dc0 if cell == "lstm" else None), grads
+    return dy, dstate0, grads

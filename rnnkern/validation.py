@@ -11,9 +11,17 @@ import numbers
 
 import numpy as np
 
-from .dispatch import describe
-
 FLOAT_DTYPES = ("float32", "float64")
+
+
+def describe(a) -> str:
+    """Short description of an argument for error messages."""
+    t = type(a)
+    shape = getattr(a, "shape", None)
+    dtype = getattr(a, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{t.__module__}.{t.__qualname__} of shape {tuple(shape)} and dtype {dtype}"
+    return f"{t.__module__}.{t.__qualname__}"
 
 
 def dtype_name(dtype) -> str:

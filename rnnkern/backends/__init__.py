@@ -1,29 +1,35 @@
-"""Backends: one per array library, all with the same two functions.
+"""Backends: one package per engine, all with the same two functions.
 
 A backend runs one direction of one layer over the whole sequence::
 
-    forward_direction(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse)
-        -> y, h_n, c_n, saved
-    backward_direction(cell, dy, dh_n, dc_n, saved)
-        -> dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+    forward_direction(cell, x, params, state, lengths, reverse, *, keep=True)
+        -> y, state_n, saved
+    backward_direction(cell, dy, dstate_n, saved)
+        -> dx, dstate0, grads
 
 with (all arrays of the backend's library and of one float dtype)::
 
-    cell      rnnkern.cells.Cell
-    x         (T, B, I)  C-contiguous
-    w_ih      (G*H, I)   w_hh (G*H, H)   b_ih, b_hh (G*H,) (zeros without bias)
-    h0        (B, H)     c0 (B, H) for the LSTM, else None
+    cell      rnnkern.cells.Cell: the backend reads its states, saved arrays
+              and kernel names from it, never a cell name
+    x         (T, B, I)
+    params    dict by Parameter name without layer suffix: weight_ih (G*H, I),
+              weight_hh (G*H, H), bias_ih, bias_hh (G*H,) (zeros without bias)
+    state     tuple of (B, H), one per Cell.state_names (h first)
     lengths   (B,) integer array with 1 <= lengths <= T, or None (all T)
     reverse   run t = T-1 ... 0 instead of 0 ... T-1
+    keep      False for inference: ``saved`` comes back None
     y         (T, B, H)  zeros where t >= lengths[b]
+    state_n   tuple like ``state``: each row's state after its own last step
     saved     opaque, whatever backward_direction needs
-    dy        (T, B, H)  dh_n, dc_n (B, H) (dc_n None unless LSTM)
+    dy        (T, B, H)  dstate_n: tuple like ``state``
+    dx        (T, B, I)  dstate0: tuple like ``state``
+    grads     dict like ``params``
 
 A backend never writes into its inputs.  Stacking, bidirectional
 concatenation, batch_first and validation belong to the layers above.
 
-``backend_for(xp)`` maps an array namespace to its backend module; CuPy's
-backend is imported only when a CuPy array arrives.
+``backend_for(xp)`` maps an array namespace to its backend module; the CUDA
+backend (and with it CuPy) is imported only when a CuPy array arrives.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from __future__ import annotations
 import importlib
 
 from ..dispatch import backend_name
+
+__all__ = ["backend_for", "time_order", "int32_lengths", "weight_gradients"]
 
 
 def time_order(steps, reverse):
@@ -45,7 +53,37 @@ def int32_lengths(xp, lengths, batch, steps):
     return xp.ascontiguousarray(lengths, dtype=xp.int32)
 
 
+def weight_gradients(xp, matmul, x_rows, h_prev_rows, dgx_rows, dgh_rows, w_ih):
+    r"""The tail of BPTT, shared by every backend: GEMMs over all ``T*B`` rows.
+
+    .. math::
+        dW_{ih} = dG_x^T X, \quad dW_{hh} = dG_h^T H_{prev}, \quad
+        db_{ih} = \textstyle\sum_{rows} dG_x, \quad db_{hh} = \sum_{rows} dG_h,
+        \quad dX = dG_x W_{ih}
+
+    Parameters
+    ----------
+    xp : array namespace (array-API)
+    matmul : callable
+        ``matmul(a, b) -> a @ b`` for 2-D arrays: the backend's GEMM (a
+        transposed operand comes as a transposed view).
+    x_rows, h_prev_rows, dgx_rows, dgh_rows : (T*B, F) arrays
+    w_ih : (G*H, I) array
+
+    Returns
+    -------
+    dx_rows : (T*B, I) array
+    grads : dict
+        ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``.
+    """
+    transposed = lambda a: xp.permute_dims(a, (1, 0))      # noqa: E731
+    grads = {"weight_ih": matmul(transposed(dgx_rows), x_rows),
+             "weight_hh": matmul(transposed(dgh_rows), h_prev_rows),
+             "bias_ih": xp.sum(dgx_rows, axis=0),
+             "bias_hh": xp.sum(dgh_rows, axis=0)}
+    return matmul(dgx_rows, w_ih), grads
+
+
 def backend_for(xp):
     """Return the backend module that runs arrays of namespace ``xp``."""
-    name = backend_name(xp)
-    return importlib.import_module(f"{__name__}.{name}_backend")
+    return importlib.import_module(f"{__name__}.{backend_name(xp)}")

@@ -16,7 +16,7 @@ from .bptt import batchify, bptt_chunks, chunks_per_epoch, evaluate_loss, train_
 from .checkpoint import (Checkpoint, CheckpointError, load_checkpoint, read_checkpoint,
                          save_checkpoint)
 from .layers import Dense, Embedding, LastTimestep, Sequential
-from .library_specific import scatter_add_rows, to_numpy
+from .beyond_array_api import scatter_add_rows, to_numpy
 from .losses import mean_squared_error, softmax_cross_entropy
 from .optim import SGD, Adam, clip_grad_norm, clip_grad_value
 from .sampling import generate, sample_with_temperature

@@ -17,7 +17,8 @@ still sees an unbroken sequence ("stateful" training)::
 from __future__ import annotations
 
 from .. import validation as v
-from ..dispatch import describe, namespace_of
+from ..dispatch import namespace_of
+from ..validation import describe
 from .losses import softmax_cross_entropy
 from .optim import clip_grad_norm
 

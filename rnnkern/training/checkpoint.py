@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .library_specific import to_numpy
+from .beyond_array_api import to_numpy
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "read_checkpoint",
            "load_checkpoint"]

@@ -20,37 +20,15 @@ import array_api_compat
 import numpy as np
 
 from .. import validation as v
-from ..dispatch import describe, namespace_of
-from ..layers import GRU, LSTM, RNN
-from ..parameters import ParameterLayer, check_device, check_state_dict
-from .library_specific import scatter_add_rows
+from ..dispatch import namespace_of
+from ..validation import describe
+from ..recurrent import RecurrentLayer
+from ..devices import check_device
+from ..parameters import ParameterLayer, check_state_dict
+from ..tape import Tape, check_tape
+from .beyond_array_api import scatter_add_rows
 
 __all__ = ["Embedding", "Dense", "LastTimestep", "Sequential"]
-
-_RECURRENT = (RNN, LSTM, GRU)
-
-
-class _LayerTape:
-    """What a layer's ``forward`` keeps for its ``backward``: opaque to users."""
-
-    __slots__ = ("owner", "saved")
-
-    def __init__(self, owner, saved):
-        self.owner, self.saved = owner, saved
-
-    def __repr__(self):
-        return f"<rnnkern tape of {type(self.owner).__name__}>"
-
-
-def _check_tape(tape, owner):
-    """Refuse anything but a tape that ``owner``'s own forward returned."""
-    if not isinstance(tape, _LayerTape):
-        raise TypeError(f"tape: expected the tape returned by this layer's forward, "
-                        f"got {describe(tape)}")
-    if tape.owner is not owner:
-        raise ValueError("tape: it was recorded by another layer; pass the tape from "
-                         "this layer's forward")
-
 
 class Embedding(ParameterLayer):
     r"""Token ids to vectors, as ``torch.nn.Embedding``.
@@ -90,11 +68,11 @@ class Embedding(ParameterLayer):
         _check_token_ids("ids", xp, ids, self.num_embeddings)
         flat = xp.reshape(ids, (-1,))
         y = xp.take(weight, flat, axis=0)
-        return xp.reshape(y, tuple(ids.shape) + (self.embedding_dim,)), _LayerTape(self, flat)
+        return xp.reshape(y, tuple(ids.shape) + (self.embedding_dim,)), Tape(self, flat)
 
     def backward(self, dy, tape):
         """Return ``(None, {"weight": dW})``: ids have no gradient."""
-        _check_tape(tape, self)
+        check_tape(tape, self)
         flat = tape.saved
         xp = namespace_of(dy, flat, names=["dy", "the tape's ids"])
         v.check_array("dy", dy, dy.ndim, self.dtype,
@@ -151,11 +129,11 @@ class Dense(ParameterLayer):
         y = xp.matmul(rows, xp.permute_dims(params["weight"], (1, 0)))
         if self.bias:
             y = y + params["bias"]
-        return xp.reshape(y, tuple(x.shape)[:-1] + (self.out_features,)), _LayerTape(self, x)
+        return xp.reshape(y, tuple(x.shape)[:-1] + (self.out_features,)), Tape(self, x)
 
     def backward(self, dy, tape):
         """Return ``(dx, {"weight": dV, "bias": db})``."""
-        _check_tape(tape, self)
+        check_tape(tape, self)
         x = tape.saved
         xp = namespace_of(dy, x, names=["dy", "the tape's x"])
         params = self._parameters_for(xp, "dy")
@@ -207,10 +185,10 @@ class LastTimestep:
         if x.ndim != 3:
             raise ValueError(f"x: expected a 3-D sequence array, got {describe(x)}")
         y = x[:, -1, :] if self.batch_first else x[-1, ...]
-        return y, _LayerTape(self, tuple(x.shape))
+        return y, Tape(self, tuple(x.shape))
 
     def backward(self, dy, tape):
-        _check_tape(tape, self)
+        check_tape(tape, self)
         input_shape = tape.saved
         xp = namespace_of(dy, names=["dy"])
         expected = self.output_shape(input_shape)
@@ -251,7 +229,7 @@ class Sequential:
         if not layers:
             raise ValueError("layers: expected at least one layer, got none")
         for k, layer in enumerate(layers):
-            if not (isinstance(layer, _RECURRENT) or
+            if not (isinstance(layer, RecurrentLayer) or
                     all(hasattr(layer, m) for m in ("forward", "backward", "parameters",
                                                     "load_state_dict", "output_shape"))):
                 raise TypeError(f"layers[{k}]: expected an rnnkern layer, got {describe(layer)}")
@@ -260,7 +238,7 @@ class Sequential:
     @property
     def num_recurrent(self):
         """How many recurrent layers (entries of ``states``) the chain has."""
-        return sum(isinstance(layer, _RECURRENT) for layer in self.layers)
+        return sum(isinstance(layer, RecurrentLayer) for layer in self.layers)
 
     def parameters(self):
         """Flat dict ``"{index}.{name}" -> array`` of the layers' own arrays.
@@ -307,14 +285,14 @@ class Sequential:
         new_states, tapes = [], []
         k_state = 0
         for layer in self.layers:
-            if isinstance(layer, _RECURRENT):
+            if isinstance(layer, RecurrentLayer):
                 x, state, tape = layer.forward(x, states[k_state], lengths)
                 new_states.append(state)
                 k_state += 1
             else:
                 x, tape = layer.forward(x)
             tapes.append(tape)
-        return x, new_states, _LayerTape(self, tapes)
+        return x, new_states, Tape(self, tapes)
 
     def backward(self, dy, tape, dstates=None):
         """Backpropagate through the chain.
@@ -328,13 +306,13 @@ class Sequential:
         grads : dict
             One gradient per parameter, named as in ``parameters()``.
         """
-        _check_tape(tape, self)
+        check_tape(tape, self)
         dstates = self._checked_states(dstates, "dstates")
         grads, dstates0 = {}, []
         k_state = self.num_recurrent
         for k in reversed(range(len(self.layers))):
             layer = self.layers[k]
-            if isinstance(layer, _RECURRENT):
+            if isinstance(layer, RecurrentLayer):
                 k_state -= 1
                 dy, dstate0, layer_grads = layer.backward(dy, tape.saved[k], dstates[k_state])
                 dstates0.append(dstate0)
@@ -370,7 +348,7 @@ class Sequential:
         """
         rows, shape = [], tuple(input_shape)
         for k, layer in enumerate(self.layers):
-            shape = (_recurrent_output_shape(layer, shape) if isinstance(layer, _RECURRENT)
+            shape = (_recurrent_output_shape(layer, shape) if isinstance(layer, RecurrentLayer)
                      else layer.output_shape(shape))
             count = sum(math.prod(p.shape) for p in layer.parameters().values())
             rows.append((f"{k} ({type(layer).__name__})", _format_shape(shape), f"{count:,}"))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import array_api_compat
 
-from ..dispatch import describe, namespace_of
+from ..dispatch import namespace_of
+from ..validation import describe
 from ..validation import dtype_name
 
 __all__ = ["softmax_cross_entropy", "mean_squared_error"]

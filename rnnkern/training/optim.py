@@ -24,8 +24,9 @@ import numbers
 
 import array_api_compat
 
-from ..dispatch import describe, namespace_of
-from .library_specific import to_numpy
+from ..dispatch import namespace_of
+from ..validation import describe
+from .beyond_array_api import to_numpy
 
 __all__ = ["SGD", "Adam", "clip_grad_norm", "clip_grad_value"]
 
@@ -201,9 +202,8 @@ class Adam(_Optimizer):
 def clip_grad_norm(grads, max_norm):
     r"""Scale all gradients together so their global norm is at most ``max_norm``.
 
-    .. math:: \|g\| = \sqrt{	extstyle\sum_p \sum_i g_{p,i}^2}, \qquad
-              g_p \leftarrow g_p \cdot \min\!\left(1, rac{	ext{max\_norm}}{\|g\| + 10^{-6}}
-ight)
+    .. math:: \|g\| = \sqrt{\textstyle\sum_p \sum_i g_{p,i}^2}, \qquad
+              g_p \leftarrow g_p \cdot \min\!\left(1, \frac{\text{max\_norm}}{\|g\| + 10^{-6}}\right)
 
     as ``torch.nn.utils.clip_grad_norm_`` (2-norm).  The scaling happens on
     the arrays' device without a host round trip.

@@ -15,7 +15,8 @@ import numbers
 import array_api_compat
 import numpy as np
 
-from ..dispatch import describe, namespace_of
+from ..dispatch import namespace_of
+from ..validation import describe
 
 __all__ = ["sample_with_temperature", "generate"]
 

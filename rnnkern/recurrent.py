@@ -27,34 +27,23 @@ import numpy as np
 
 from . import validation as v
 from .backends import backend_for
-from .cells import cell_for
-from .dispatch import describe, namespace_of
-from .parameters import ParameterLayer, check_device
+from .cells import cell_for, cells_of_layer
+from .devices import check_device
+from .dispatch import namespace_of
+from .parameters import ParameterLayer
+from .tape import Tape, check_tape
+from .validation import describe
 
-__all__ = ["RNN", "LSTM", "GRU", "Tape"]
-
-
-class Tape:
-    """What ``forward`` keeps for ``backward``: opaque to users.
-
-    A tape belongs to the layer that recorded it and to the parameter values
-    of that moment; ``backward`` refuses any other.
-    """
-
-    __slots__ = ("owner", "version", "backend", "saved", "y_shape", "dtype",
-                 "batch", "unbatched")
-
-    def __init__(self, owner, version, backend, saved, y_shape, dtype, batch, unbatched):
-        self.owner, self.version, self.backend = owner, version, backend
-        self.saved, self.y_shape, self.dtype = saved, y_shape, dtype
-        self.batch, self.unbatched = batch, unbatched
-
-    def __repr__(self):
-        return f"<rnnkern.Tape of {type(self.owner).__name__}, y {self.y_shape} {self.dtype}>"
+__all__ = ["RecurrentLayer", "RNN", "LSTM", "GRU"]
 
 
-class _RecurrentLayer(ParameterLayer):
-    """Shared implementation of ``RNN``, ``LSTM`` and ``GRU``."""
+def _spoken(names):
+    """("h", "c") -> "h and c"."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+class RecurrentLayer(ParameterLayer):
+    """Shared implementation of ``RNN``, ``LSTM`` and ``GRU``: any registry cell."""
 
     def __init__(self, cell_name, input_size, hidden_size, num_layers, *, bias,
                  batch_first, dropout, bidirectional, dtype, device, seed):
@@ -85,13 +74,16 @@ class _RecurrentLayer(ParameterLayer):
                 suffix = f"_l{layer}" + ("_reverse" if d else "")
                 yield layer * self.num_directions + d, layer, bool(d), suffix
 
+    def _directions_of(self, layer):
+        return [entry for entry in self._directions() if entry[1] == layer]
+
     def _parameter_shapes(self):
         shapes = {}
         for _, layer, _, suffix in self._directions():
             in_size = self.input_size if layer == 0 else self.hidden_size * self.num_directions
-            for kind, shape in self.cell.parameter_shapes(in_size, self.hidden_size).items():
-                if self.bias or kind.startswith("weight"):
-                    shapes[kind + suffix] = shape
+            for name, shape in self.cell.parameter_shapes(in_size, self.hidden_size,
+                                                          self.bias).items():
+                shapes[name + suffix] = shape
         return shapes
 
     def _initial_parameters(self, rng):
@@ -100,9 +92,23 @@ class _RecurrentLayer(ParameterLayer):
         return {name: rng.uniform(-bound, bound, size=shape)
                 for name, shape in self._parameter_shapes().items()}
 
+    def _direction_parameters(self, xp, params, suffix, like):
+        """One layer-direction's parameters by registry name; zero biases without bias."""
+        out = {}
+        for p in self.cell.parameters:
+            if p.name + suffix in params:
+                out[p.name] = params[p.name + suffix]
+            else:              # bias=False: the kernels add a zero bias
+                out[p.name] = xp.zeros(p.shape_for({"G": self.cell.num_gates,
+                                                    "H": self.hidden_size}),
+                                       dtype=like.dtype, device=array_api_compat.device(like))
+        return out
+
+    # ------------------------------------------------------------------ forward
+
     def __call__(self, x, state=None, lengths=None):
-        """``y, state = layer(x, state)`` as with ``torch.nn``."""
-        y, state, _ = self._run(x, state, lengths, keep_parameters=False)
+        """``y, state = layer(x, state)`` as with ``torch.nn``: inference, no tape is kept."""
+        y, state, _ = self._run(x, state, lengths, keep=False)
         return y, state
 
     def forward(self, x, state=None, lengths=None):
@@ -123,14 +129,14 @@ class _RecurrentLayer(ParameterLayer):
         stay right even if an optimizer updates the parameters in place
         before ``backward``.
         """
-        return self._run(x, state, lengths, keep_parameters=True)
+        return self._run(x, state, lengths, keep=True)
 
-    def _run(self, x, state, lengths, keep_parameters):
-        h0, c0 = self._split_state(state, "state")
-        xp = namespace_of(x, h0, c0, names=["x", "state h0", "state c0"])
+    def _run(self, x, state, lengths, keep):
+        state0 = self._split_state(state, "state")
+        xp = namespace_of(x, *state0, names=["x", *self._state_argument_names("state", "0")])
         backend = backend_for(xp)
         params = self._parameters_for(xp)
-        if keep_parameters:
+        if keep:
             params = {name: xp.asarray(p, copy=True) for name, p in params.items()}
         v.check_array("x", x, (2, 3), self.dtype, (None,) * (x.ndim - 1) + (self.input_size,))
         unbatched = x.ndim == 2
@@ -139,52 +145,61 @@ class _RecurrentLayer(ParameterLayer):
         elif self.batch_first:
             x = xp.permute_dims(x, (1, 0, 2))
         T, B, _ = x.shape
-        h0 = self._initial_state(xp, h0, "state h0" if self.cell.has_cell_state else "state", B, unbatched)
-        c0 = (self._initial_state(xp, c0, "state c0", B, unbatched)
-              if self.cell.has_cell_state else None)
+        state0 = tuple(self._initial_state(xp, s, name, B, unbatched) for s, name in
+                       zip(state0, self._state_argument_names("state", "0")))
         if lengths is not None:
             if unbatched:
                 raise ValueError("lengths: not accepted with unbatched (2-D) input")
             lengths = xp.asarray(v.host_lengths(lengths, B, T, xp), dtype=xp.int32,
                                  device=array_api_compat.device(x))
 
-        zeros = None if self.bias else xp.zeros((self.cell.num_gates * self.hidden_size,),
-                                                dtype=x.dtype, device=array_api_compat.device(x))
-        saved, h_n, c_n = {}, [], []
+        saved, state_n = {}, []
         inputs = x
         for layer in range(self.num_layers):
             outputs = []
             for k, _, reverse, suffix in self._directions_of(layer):
-                y, h, c, saved[k] = backend.forward_direction(
-                    self.cell, inputs, params["weight_ih" + suffix], params["weight_hh" + suffix],
-                    params.get("bias_ih" + suffix, zeros), params.get("bias_hh" + suffix, zeros),
-                    h0[k, ...], None if c0 is None else c0[k, ...], lengths, reverse)
+                y, state_k, saved[k] = backend.forward_direction(
+                    self.cell, inputs, self._direction_parameters(xp, params, suffix, x),
+                    tuple(s[k, ...] for s in state0), lengths, reverse, keep=keep)
                 outputs.append(y)
-                h_n.append(h)
-                c_n.append(c)
+                state_n.append(state_k)
             inputs = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-1)
 
         y = self._to_user_layout(xp, inputs, unbatched)
-        h_n = self._state_out(xp, h_n, unbatched)
-        state = (h_n, self._state_out(xp, c_n, unbatched)) if self.cell.has_cell_state else h_n
-        tape = Tape(self, self._version, backend, saved, tuple(y.shape), self.dtype, B, unbatched)
+        state = self._state_out(xp, state_n, unbatched)
+        tape = Tape(self, saved, self._version, backend=backend, y_shape=tuple(y.shape),
+                    batch=B, unbatched=unbatched) if keep else None
         return y, state, tape
 
-    def _directions_of(self, layer):
-        return [entry for entry in self._directions() if entry[1] == layer]
+    # ------------------------------------------------------------------ states
+
+    def _state_argument_names(self, prefix, index=""):
+        """Names of the state arguments in messages: "state" or "state h0", "state c0"."""
+        names = self.cell.state_names
+        return [prefix] if len(names) == 1 else [f"{prefix} {n}{index}" for n in names]
 
     def _split_state(self, state, name):
-        if not self.cell.has_cell_state:
+        """The user's state argument as a tuple with one entry per state (None: zeros)."""
+        names = self.cell.state_names
+        if len(names) == 1:
             if isinstance(state, (tuple, list)):
-                raise TypeError(f"{name}: expected one array h for {type(self).__name__}, got a {type(state).__name__}")
-            return state, None
+                raise TypeError(f"{name}: expected one array h for {type(self).__name__}, "
+                                f"got a {type(state).__name__}")
+            return (state,)
         if state is None:
-            return None, None
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError(f"{name}: expected a pair (h, c) for LSTM, got {describe(state)}")
-        if (state[0] is None) != (state[1] is None):
-            raise ValueError(f"{name}: give both h and c, or neither")
-        return state[0], state[1]
+            return (None,) * len(names)
+        if not isinstance(state, (tuple, list)) or len(state) != len(names):
+            kind = "a pair" if len(names) == 2 else f"a tuple of {len(names)}"
+            raise TypeError(f"{name}: expected {kind} ({', '.join(names)}) for "
+                            f"{type(self).__name__}, got {describe(state)}")
+        if any(s is None for s in state) and not all(s is None for s in state):
+            raise ValueError(f"{name}: give {'both' if len(names) == 2 else 'all of'} "
+                             f"{_spoken(names)}, or {'neither' if len(names) == 2 else 'none'}")
+        return tuple(state)
+
+    def _join_state(self, states):
+        """The tuple of states in the user's form: ``h`` alone, or the tuple."""
+        return states[0] if len(states) == 1 else tuple(states)
 
     def _state_shape(self, batch, unbatched):
         lead = self.num_layers * self.num_directions
@@ -198,9 +213,13 @@ class _RecurrentLayer(ParameterLayer):
         v.check_array(name, h, len(shape), self.dtype, shape)
         return xp.reshape(h, (shape[0], batch, self.hidden_size))
 
-    def _state_out(self, xp, states, unbatched):
-        s = xp.stack(states, axis=0)
-        return s[:, 0, :] if unbatched else s
+    def _state_out(self, xp, per_direction, unbatched):
+        """Stack per-direction state tuples into the user's ``(L*D, B, H)`` form."""
+        stacked = []
+        for k in range(self.cell.num_states):
+            s = xp.stack([states[k] for states in per_direction], axis=0)
+            stacked.append(s[:, 0, :] if unbatched else s)
+        return self._join_state(stacked)
 
     def _to_user_layout(self, xp, y, unbatched):
         """(T, B, F) -> the layout of the user's x."""
@@ -237,59 +256,49 @@ class _RecurrentLayer(ParameterLayer):
         grads : dict
             One gradient per parameter, under its ``state_dict`` name.
         """
-        if not isinstance(tape, Tape):
-            raise TypeError(f"tape: expected the Tape returned by this layer's forward, got {describe(tape)}")
-        if tape.owner is not self:
-            raise ValueError("tape: it was recorded by another layer; pass the tape from this layer's forward")
-        if tape.version != self._version:
-            raise ValueError("tape: the parameters changed (load_state_dict or to) since it was "
-                             "recorded; run forward again")
-        dh_n, dc_n = self._split_state(dstate, "dstate")
-        xp = namespace_of(dy, dh_n, dc_n, names=["dy", "dstate h", "dstate c"])
-        if backend_for(xp) is not tape.backend:
+        check_tape(tape, self)
+        context = tape.context
+        dstate_n = self._split_state(dstate, "dstate")
+        names = self._state_argument_names("dstate")
+        xp = namespace_of(dy, *dstate_n, names=["dy", *names])
+        if backend_for(xp) is not context["backend"]:
             raise TypeError(f"dy: expected an array of the library the tape was recorded with "
-                            f"({tape.backend.__name__.rsplit('.', 1)[-1]}), got {describe(dy)}")
-        v.check_array("dy", dy, len(tape.y_shape), self.dtype, tape.y_shape)
-        B, unbatched = tape.batch, tape.unbatched
-        dh_n = self._initial_state(xp, dh_n, "dstate h" if self.cell.has_cell_state else "dstate",
-                                   B, unbatched)
-        dc_n = (self._initial_state(xp, dc_n, "dstate c", B, unbatched)
-                if self.cell.has_cell_state else None)
+                            f"({context['backend'].__name__.rsplit('.', 1)[-1]}), "
+                            f"got {describe(dy)}")
+        v.check_array("dy", dy, len(context["y_shape"]), self.dtype, context["y_shape"])
+        B, unbatched = context["batch"], context["unbatched"]
+        dstate_n = tuple(self._initial_state(xp, d, name, B, unbatched)
+                         for d, name in zip(dstate_n, names))
 
         H = self.hidden_size
         dy = self._from_user_layout(xp, dy, unbatched)
-        grads, dh0, dc0 = {}, {}, {}
+        grads, dstate0 = {}, {}
         for layer in reversed(range(self.num_layers)):
             dinputs = None
             for k, _, _, suffix in self._directions_of(layer):
                 d = k - layer * self.num_directions
                 dy_d = dy if self.num_directions == 1 else dy[..., d * H:(d + 1) * H]
-                dx, dh0[k], dc0[k], dw_ih, dw_hh, db_ih, db_hh = tape.backend.backward_direction(
-                    self.cell, dy_d, dh_n[k, ...], None if dc_n is None else dc_n[k, ...],
-                    tape.saved[k])
-                grads["weight_ih" + suffix], grads["weight_hh" + suffix] = dw_ih, dw_hh
-                if self.bias:
-                    grads["bias_ih" + suffix], grads["bias_hh" + suffix] = db_ih, db_hh
+                dx, dstate0[k], direction_grads = context["backend"].backward_direction(
+                    self.cell, dy_d, tuple(s[k, ...] for s in dstate_n), tape.saved[k])
+                for name, grad in direction_grads.items():
+                    if name + suffix in self._params:      # no bias gradients without bias
+                        grads[name + suffix] = grad
                 dinputs = dx if dinputs is None else dinputs + dx
             dy = dinputs
 
-        order = sorted(dh0)
-        dh0 = self._state_out(xp, [dh0[k] for k in order], unbatched)
-        dstate0 = ((dh0, self._state_out(xp, [dc0[k] for k in order], unbatched))
-                   if self.cell.has_cell_state else dh0)
+        dstate0 = self._state_out(xp, [dstate0[k] for k in sorted(dstate0)], unbatched)
         grads = {name: grads[name] for name in self._params}     # state_dict order
         return self._to_user_layout(xp, dy, unbatched), dstate0, grads
 
     def __repr__(self):
-        extra = "" if self.cell.name not in ("rnn_tanh", "rnn_relu") else \
-            f", nonlinearity={self.cell.name[4:]!r}"
+        options = "".join(f", {k}={v!r}" for k, v in self.cell.layer_options.items())
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
-                f"num_layers={self.num_layers}{extra}, bias={self.bias}, "
+                f"num_layers={self.num_layers}{options}, bias={self.bias}, "
                 f"batch_first={self.batch_first}, bidirectional={self.bidirectional}, "
                 f"dtype={self.dtype!r}, device={self.device!r})")
 
 
-class RNN(_RecurrentLayer):
+class RNN(RecurrentLayer):
     r"""Elman RNN, as ``torch.nn.RNN``.
 
     .. math:: h_t = \phi(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh}),
@@ -299,15 +308,16 @@ class RNN(_RecurrentLayer):
     def __init__(self, input_size, hidden_size, num_layers=1, *, nonlinearity="tanh",
                  bias=True, batch_first=False, dropout=0.0, bidirectional=False,
                  dtype="float32", device="cpu", seed=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        cells = {cell.layer_options["nonlinearity"]: cell.name for cell in cells_of_layer("RNN")}
+        if nonlinearity not in cells:
+            raise ValueError(f"nonlinearity: expected one of {sorted(cells)}, got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias=bias,
+        super().__init__(cells[nonlinearity], input_size, hidden_size, num_layers, bias=bias,
                          batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
                          dtype=dtype, device=device, seed=seed)
 
 
-class LSTM(_RecurrentLayer):
+class LSTM(RecurrentLayer):
     r"""Long short-term memory, as ``torch.nn.LSTM`` (gate order i, f, g, o).
 
     .. math::
@@ -326,7 +336,7 @@ class LSTM(_RecurrentLayer):
                          dtype=dtype, device=device, seed=seed)
 
 
-class GRU(_RecurrentLayer):
+class GRU(RecurrentLayer):
     r"""Gated recurrent unit, as ``torch.nn.GRU`` (gate order r, z, n; cuDNN form).
 
     .. math::

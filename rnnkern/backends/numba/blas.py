@@ -1,4 +1,4 @@
-"""Which BLAS the Numba kernels call for their GEMMs.
+"""Which BLAS the Numba kernels call for their GEMMs (see rnnkern.kernels.numba.gemm).
 
 - ``"numpy"`` (the default): the OpenBLAS bundled with NumPy's wheels, found
   through threadpoolctl and called by address.  It is the BLAS that NumPy's

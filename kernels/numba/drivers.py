@@ -1,0 +1,147 @@
+"""The sequence drivers: one layer-direction over all T steps, for any cell.
+
+The drivers hold everything that is the same for every cell: the time loop
+(inside Numba, so no Python sits between steps), the recurrent GEMM of each
+step, the length mask, the state history, the carried gradients.  The cell's
+algebra comes from its row functions, picked at compile time by ``rows``, a
+string literal ``"<module>.<prefix>"`` (``rnnkern.cells.Cell.kernels["numba"]``):
+``<module>.<prefix>_forward_row`` and ``<prefix>_backward_row`` of this
+package.  Each value of ``rows`` compiles (and caches) its own specialisation,
+so the call to the rows costs nothing at run time and inlines into the loop.
+
+Row contract (``t``, ``b`` the step and the batch row; arrays whole, the row
+indexes them)::
+
+    forward_row(t, b, gx, gh, b_hh, state, y, saved)
+        reads gx[t, b], gh[b], b_hh and the state rows state[k][b]; updates
+        the state rows in place and writes y[t, b] and saved[k][t, b]
+    backward_row(t, b, dy, carry, saved, history, dgx, dgh)
+        carry[k][b] enters as the gradient reaching state k after step t
+        (for h without dy[t, b], which the row adds) and leaves as the
+        gradient of state k before step t, except the part of dh that flows
+        through W_hh (the driver adds that after the step); writes dgx[t, b]
+        (and dgh[t, b] when the cell's dgh differs from its dgx)
+
+The rows run only for active steps (``t < lengths[b]``); the drivers handle
+the rest: an inactive forward step keeps the state, writes y = 0 and zero
+saved rows; an inactive backward step passes the carries through and writes
+zero pre-activation gradients.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numba as nb
+from numba import types
+from numba.extending import overload
+
+from . import JIT
+from .gemm import gemm
+
+
+def _rows_of(rows, which):
+    """The row function ``<prefix>_<which>_row`` of module ``<module>`` for literal ``rows``."""
+    if not isinstance(rows, types.StringLiteral):
+        return None
+    module, prefix = rows.literal_value.split(".")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), f"{prefix}_{which}_row")
+
+
+def forward_row(rows, t, b, gx, gh, b_hh, state, y, saved):
+    """The cell's forward row (compiled code only; see the module docstring)."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(forward_row, jit_options=JIT, inline="always")
+def _forward_row_overload(rows, t, b, gx, gh, b_hh, state, y, saved):
+    row = _rows_of(rows, "forward")
+    if row is not None:
+        return lambda rows, t, b, gx, gh, b_hh, state, y, saved: row(t, b, gx, gh, b_hh, state,
+                                                                     y, saved)
+    return None
+
+
+def backward_row(rows, t, b, dy, carry, saved, history, dgx, dgh):
+    """The cell's backward row (compiled code only; see the module docstring)."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(backward_row, jit_options=JIT, inline="always")
+def _backward_row_overload(rows, t, b, dy, carry, saved, history, dgx, dgh):
+    row = _rows_of(rows, "backward")
+    if row is not None:
+        return lambda rows, t, b, dy, carry, saved, history, dgx, dgh: row(
+            t, b, dy, carry, saved, history, dgx, dgh)
+    return None
+
+
+@nb.njit(**JIT)
+def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, state, y, history, saved,
+                     gh):
+    """Run one layer-direction forward over all T steps.
+
+    Parameters (outputs after the inputs they pair with)
+    ----------
+    rows : str literal       the cell's rows, ``"<module>.<prefix>"``
+    blas : (int, int)        the GEMM to call (see gemm.gemm)
+    gx : (T, B, G*H)         x @ W_ih^T + b_ih for every step
+    w_hh_t : (H, G*H)        W_hh transposed, C-contiguous
+    b_hh : (G*H,)
+    lengths : (B,) int       row b is active at time t iff t < lengths[b]
+    reverse : bool           t = T-1 ... 0
+    state : tuple of (B, H)  initial states on entry, final states on exit (h first)
+    y : (T, B, H)            outputs, zero where inactive
+    history : tuple of (T, B, H)   each state as it entered step t
+    saved : tuple of (T, B, W*H)   what the cell keeps for BPTT, zero where inactive
+    gh : (B, G*H)            workspace
+    """
+    nb.literally(rows)
+    T, B = gx.shape[0], gx.shape[1]
+    h = state[0]
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        for k in range(len(state)):
+            history[k][t] = state[k]
+        gemm(blas, h, w_hh_t, gh)                # gh = h_{t-1} W_hh^T
+        for b in range(B):
+            if t < lengths[b]:
+                forward_row(rows, t, b, gx, gh, b_hh, state, y, saved)
+            else:                               # padded step: state held, y = 0
+                y[t, b] = 0
+                for k in range(len(saved)):
+                    saved[k][t, b] = 0
+
+
+@nb.njit(**JIT)
+def backward_sequence(rows, blas, dy, w_hh, lengths, reverse, history, saved, carry, dgx, dgh,
+                      dh_through_w):
+    """Backpropagate one layer-direction through all T steps.
+
+    Parameters (outputs after the inputs they pair with)
+    ----------
+    rows : str literal       the cell's rows, ``"<module>.<prefix>"``
+    blas : (int, int)        the GEMM to call (see gemm.gemm)
+    dy : (T, B, H)           gradient of y
+    w_hh : (G*H, H)          C-contiguous
+    lengths, reverse, history, saved : as forward_sequence kept them
+    carry : tuple of (B, H)  gradient of the final states on entry, of the
+                             initial states on exit
+    dgx : (T, B, G*H)        gradient of x @ W_ih^T + b_ih
+    dgh : (T, B, G*H)        gradient of h @ W_hh^T + b_hh (the same array as
+                             dgx unless the cell writes them apart)
+    dh_through_w : (B, H)    workspace
+    """
+    nb.literally(rows)
+    T, B = dy.shape[0], dy.shape[1]
+    dh = carry[0]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        for b in range(B):
+            if t < lengths[b]:
+                backward_row(rows, t, b, dy, carry, saved, history, dgx, dgh)
+            else:                               # padded step: the carries pass through
+                dgx[t, b] = 0
+                dgh[t, b] = 0
+        gemm(blas, dgh[t], w_hh, dh_through_w)
+        dh += dh_through_w                      # dh_{t-1} = direct part + dgh W_hh
