@@ -189,7 +189,7 @@ STANDARD_PARAMETERS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)     # entries are singletons: identity is equality
 class Cell:
     """Everything rnnkern knows about one recurrent cell.
 

@@ -9,17 +9,14 @@ import numpy as np
 import pytest
 
 import rnnkern as rk
-from conftest import TOLERANCE
-
-CASES = [(rk.LSTM, {}), (rk.GRU, {}), (rk.RNN, {"nonlinearity": "tanh"}),
-         (rk.RNN, {"nonlinearity": "relu"})]
+from conftest import TOLERANCE, make_layer
 
 
-@pytest.mark.parametrize("cls,extra", CASES, ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_generic_path_matches_numba_path(cls, extra, dtype, batch_first, rng):
-    layer = cls(4, 7, 2, bidirectional=True, batch_first=batch_first, dtype=dtype, seed=1, **extra)
+def test_generic_path_matches_numba_path(cell, dtype, batch_first, rng):
+    layer = make_layer(cell, 4, 7, 2, bidirectional=True, batch_first=batch_first, dtype=dtype,
+                       seed=1)
     x = rng.standard_normal((3, 5, 4) if batch_first else (5, 3, 4)).astype(dtype)
     lengths = [5, 2, 1]
     y, state, tape = layer.forward(x, lengths=lengths)
@@ -32,8 +29,9 @@ def test_generic_path_matches_numba_path(cls, extra, dtype, batch_first, rng):
     tol = TOLERANCE[dtype]
     np.testing.assert_allclose(np.asarray(y_s), y, **tol)
     np.testing.assert_allclose(np.asarray(dx_s), dx, **tol)
-    h, h_s = (state[0], state_s[0]) if cls is rk.LSTM else (state, state_s)
-    np.testing.assert_allclose(np.asarray(h_s), h, **tol)
+    states, states_s = (state, state_s) if cell.num_states > 1 else ([state], [state_s])
+    for s, s_s in zip(states, states_s, strict=True):
+        np.testing.assert_allclose(np.asarray(s_s), s, **tol)
     for name in grads:
         np.testing.assert_allclose(np.asarray(grads_s[name]), grads[name], **tol, err_msg=name)
 

@@ -1,7 +1,8 @@
-"""Parity of the NumPy (Numba) path with torch.nn.RNN/LSTM/GRU.
+"""Parity of the NumPy (Numba) path with the oracle of every registry cell.
 
 Outputs, final states and every gradient (input, initial states, each
-parameter) over random configurations drawn by hypothesis.
+parameter) over random configurations drawn by hypothesis; the oracle is
+torch.nn (``torch_oracle.oracle_run``).
 """
 
 import numpy as np
@@ -9,18 +10,14 @@ import pytest
 from hypothesis import given, strategies as st
 
 import rnnkern as rk
-from conftest import TOLERANCE
-from torch_oracle import torch_run
-
-CELLS = [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"}),
-         ("RNN", {"nonlinearity": "relu"})]
+from conftest import ALL_CELLS, TOLERANCE, make_layer
+from torch_oracle import oracle_run, torch_run
 
 
 @st.composite
 def configurations(draw):
-    name, extra = draw(st.sampled_from(CELLS))
     cfg = dict(
-        name=name, extra=extra,
+        cell=draw(st.sampled_from(ALL_CELLS)),
         T=draw(st.integers(1, 7)), B=draw(st.integers(1, 5)),
         I=draw(st.integers(1, 9)), H=draw(st.integers(1, 11)),
         num_layers=draw(st.integers(1, 3)), bidirectional=draw(st.booleans()),
@@ -36,18 +33,18 @@ def configurations(draw):
 def make_case(cfg):
     """The layer and random inputs, state and output gradients of a configuration."""
     rng = np.random.default_rng(cfg["seed"])
-    layer = getattr(rk, cfg["name"])(
-        cfg["I"], cfg["H"], cfg["num_layers"], bias=cfg["bias"], batch_first=cfg["batch_first"],
-        bidirectional=cfg["bidirectional"], dtype=cfg["dtype"], seed=cfg["seed"], **cfg["extra"])
+    layer = make_layer(
+        cfg["cell"], cfg["I"], cfg["H"], cfg["num_layers"], bias=cfg["bias"],
+        batch_first=cfg["batch_first"], bidirectional=cfg["bidirectional"], dtype=cfg["dtype"],
+        seed=cfg["seed"])
     T, B, dt = cfg["T"], cfg["B"], cfg["dtype"]
     D = 2 if cfg["bidirectional"] else 1
     x = rng.standard_normal((B, T, cfg["I"]) if cfg["batch_first"] else (T, B, cfg["I"])).astype(dt)
     state_shape = (cfg["num_layers"] * D, B, cfg["H"])
-    lstm = cfg["name"] == "LSTM"
 
     def state():
-        return (rng.standard_normal(state_shape).astype(dt) if not lstm else
-                (rng.standard_normal(state_shape).astype(dt), rng.standard_normal(state_shape).astype(dt)))
+        states = tuple(rng.standard_normal(state_shape).astype(dt) for _ in cfg["cell"].state_names)
+        return states if len(states) > 1 else states[0]
     h0 = state() if cfg["with_state"] else None
     dstate = state() if cfg["with_dstate"] else None
     dy = rng.standard_normal(x.shape[:2] + (D * cfg["H"],)).astype(dt)
@@ -60,20 +57,20 @@ def check_against_torch(cfg):
     lengths = cfg.get("lengths")
     y, st_out, tape = layer.forward(x, state, lengths=lengths)
     dx, dstate0, grads = layer.backward(dy, tape, dstate)
-    ref = torch_run(layer, x, state, lengths, dy, dstate)
+    ref = oracle_run(layer, x, state, lengths, dy, dstate)
     tol = TOLERANCE[cfg["dtype"]]
-    lstm = cfg["name"] == "LSTM"
+    multiple = cfg["cell"].num_states > 1
     np.testing.assert_allclose(y, ref["y"], **tol, err_msg="y")
-    np.testing.assert_allclose(st_out[0] if lstm else st_out, ref["h_n"], **tol, err_msg="h_n")
-    if lstm:
-        np.testing.assert_allclose(st_out[1], ref["c_n"], **tol, err_msg="c_n")
+    for name, ours, theirs in zip(cfg["cell"].state_names, st_out if multiple else [st_out],
+                                  ref["state_n"], strict=True):
+        np.testing.assert_allclose(ours, theirs, **tol, err_msg=f"{name}_n")
     np.testing.assert_allclose(dx, ref["dx"], **tol, err_msg="dx")
     assert list(grads) == list(ref["grads"])         # names and order of state_dict
     for name, g in grads.items():
         np.testing.assert_allclose(g, ref["grads"][name], **tol, err_msg=name)
     if state is not None:
-        ours = list(dstate0) if lstm else [dstate0]
-        for k, (a, b) in enumerate(zip(ours, ref["dstate0"])):
+        ours = list(dstate0) if multiple else [dstate0]
+        for k, (a, b) in enumerate(zip(ours, ref["dstate0"], strict=True)):
             np.testing.assert_allclose(a, b, **tol, err_msg=f"dstate0[{k}]")
     np.testing.assert_array_equal(x, x_before)        # the user's array is untouched
 
@@ -83,24 +80,22 @@ def test_matches_torch(cfg):
     check_against_torch(cfg)
 
 
-@pytest.mark.parametrize("name,extra", CELLS, ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_matches_torch_everything_on(name, extra, dtype):
+def test_matches_torch_everything_on(cell, dtype):
     """One full case per cell and dtype: 3 layers, bidirectional, lengths, states."""
-    cfg = dict(name=name, extra=extra, T=9, B=4, I=7, H=13, num_layers=3, bidirectional=True,
+    cfg = dict(cell=cell, T=9, B=4, I=7, H=13, num_layers=3, bidirectional=True,
                batch_first=True, bias=True, dtype=dtype, with_state=True, with_dstate=True,
                seed=7, lengths=[9, 1, 4, 9])
     check_against_torch(cfg)
 
 
-@pytest.mark.parametrize("name,extra", CELLS, ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
-def test_unbatched_input_matches_torch(name, extra, rng):
-    layer = getattr(rk, name)(3, 5, 2, bidirectional=True, dtype="float64", seed=3, **extra)
+def test_unbatched_input_matches_torch(cell, rng):
+    layer = make_layer(cell, 3, 5, 2, bidirectional=True, dtype="float64", seed=3)
     x = rng.standard_normal((6, 3))
     y, st_out, tape = layer.forward(x)
-    ref = torch_run(layer, x, dy=np.ones((6, 10)))
+    ref = oracle_run(layer, x, dy=np.ones((6, 10)))
     np.testing.assert_allclose(y, ref["y"], **TOLERANCE["float64"])
-    assert (st_out[0] if name == "LSTM" else st_out).shape == (4, 5)
+    assert (st_out[0] if cell.num_states > 1 else st_out).shape == (4, 5)
     dx, _, grads = layer.backward(np.ones_like(y), tape)
     assert dx.shape == x.shape
     np.testing.assert_allclose(dx, ref["dx"], **TOLERANCE["float64"])
@@ -120,20 +115,19 @@ def test_call_returns_output_and_state_like_torch(rng):
 @pytest.fixture(params=["numpy", "mkl", "scipy"])
 def blas(request):
     """Run a test on each CPU BLAS the Numba kernels can call."""
-    from rnnkern.backends import cpu_blas
-    before = cpu_blas.blas_name()
+    from rnnkern.backends.numba import blas
+    before = blas.blas_name()
     try:
-        cpu_blas.use_blas(request.param)
+        blas.use_blas(request.param)
     except RuntimeError:
         pytest.skip("MKL (libmkl_rt) is not installed")
     yield request.param
-    cpu_blas.use_blas(before)
+    blas.use_blas(before)
 
 
-@pytest.mark.parametrize("name,extra", CELLS, ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_matches_torch_on_each_blas(blas, name, extra, dtype):
-    cfg = dict(name=name, extra=extra, T=6, B=5, I=7, H=11, num_layers=2, bidirectional=True,
+def test_matches_torch_on_each_blas(blas, cell, dtype):
+    cfg = dict(cell=cell, T=6, B=5, I=7, H=11, num_layers=2, bidirectional=True,
                batch_first=False, bias=True, dtype=dtype, with_state=True, with_dstate=True,
                seed=11, lengths=[6, 2, 5, 1, 6])
     check_against_torch(cfg)
@@ -142,11 +136,31 @@ def test_matches_torch_on_each_blas(blas, name, extra, dtype):
 @pytest.mark.parametrize("dtype", ["float32", "float64", np.float32, np.dtype("float64")])
 def test_gemm_on_each_blas_matches_numpy(blas, dtype, rng):
     """The CBLAS call by address: every layout the backend uses, any dtype spelling."""
-    from rnnkern.backends.cpu_blas import gemm_function
-    from rnnkern.kernels.numba_rnn import gemm
+    from rnnkern.backends.numba.blas import gemm_function
+    from rnnkern.kernels.numba.gemm import gemm
     a = rng.standard_normal((37, 5)).astype(dtype)
     b = rng.standard_normal((5, 300)).astype(dtype)
     for left, right in [(a, b), (np.ascontiguousarray(a.T).T, b), (a, np.ascontiguousarray(b.T).T)]:
         out = np.empty((37, 300), dtype)
         gemm(gemm_function(dtype), left, right, out)
         np.testing.assert_allclose(out, left @ right, rtol=1e-5 if np.dtype(dtype) == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_both_oracles_agree(cell, dtype):
+    """The reference oracle (used for cells torch lacks) against torch, where torch has the cell."""
+    if not cell.torch_oracle:
+        pytest.skip(f"torch.nn has no {cell.name}")
+    from torch_oracle import reference_run
+    layer, x, state, dy, dstate = make_case(dict(
+        cell=cell, T=5, B=3, I=4, H=6, num_layers=2, bidirectional=True, batch_first=True,
+        bias=True, dtype=dtype, with_state=True, with_dstate=True, seed=5, with_lengths=True))
+    ours, theirs = (run(layer, x, state, [5, 1, 3], dy, dstate) for run in (reference_run, torch_run))
+    tol = TOLERANCE[dtype]
+    for key in ("y", "dx"):
+        np.testing.assert_allclose(ours[key], theirs[key], **tol, err_msg=key)
+    for key in ("state_n", "dstate0"):
+        for a, b in zip(ours[key], theirs[key], strict=True):
+            np.testing.assert_allclose(a, b, **tol, err_msg=key)
+    for name, grad in theirs["grads"].items():
+        np.testing.assert_allclose(ours["grads"][name], grad, **tol, err_msg=name)

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import cuda_device_count
+from rnnkern.devices import cuda_device_count
 import rnnkern as rk
 from rnnkern.training import (SGD, Adam, CheckpointError, Dense, Embedding, LastTimestep,
                               Sequential, batchify, bptt_chunks, clip_grad_norm, clip_grad_value,
@@ -473,7 +473,7 @@ def test_every_layer_refuses_a_tape_that_is_not_its_own(rng):
     sequence = rng.standard_normal((5, 2, 3)).astype("float32")
     for layer, inputs in [(dense, x), (last, sequence), (model, x)]:
         y, *_, tape = layer.forward(inputs)
-        with pytest.raises(TypeError, match="tape: expected the tape"):
+        with pytest.raises(TypeError, match="tape: expected the Tape"):
             layer.backward(np.ones_like(y), {"not": "a tape"})
         _, foreign = other.forward(x)
         with pytest.raises(ValueError, match="tape: it was recorded by another layer"):
