@@ -19,7 +19,7 @@ def main(argv=None):
         return 0
     command, rest = argv[0], argv[1:]
     if command == "demo":
-        from .demo import main as run
+        from .demos import main as run
     elif command == "bench":
         from .bench import main as run
     else:

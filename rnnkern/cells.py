@@ -260,19 +260,21 @@ class Cell:
         return {p.name: p.shape_for(sizes) for p in self.parameters if bias or not p.is_bias}
 
 
+def _elman(nonlinearity, forward_step, backward_step, reference_steps, cuda_activation):
+    """The Elman RNN with ``act = nonlinearity``: ``h_t = act(gx + gh + b_hh)``."""
+    return Cell(f"rnn_{nonlinearity}", gate_names=("h",), state_names=("h",),
+                saved=(Saved("gates", 1),), step_gradients=("dgx",), forward_step=forward_step,
+                backward_step=backward_step, reference_steps=reference_steps,
+                kernels={"numba": f"elman.{nonlinearity}",
+                         "cuda": f"ElmanCell<{cuda_activation}>"},
+                layer="RNN", layer_options={"nonlinearity": nonlinearity})
+
+
 CELLS = {cell.name: cell for cell in (
-    Cell("rnn_tanh", gate_names=("h",), state_names=("h",), saved=(Saved("gates", 1),),
-         step_gradients=("dgx",), forward_step=_rnn_tanh_forward,
-         backward_step=_rnn_tanh_backward,
-         reference_steps=(reference.rnn_tanh_step, reference.rnn_tanh_step_backward),
-         kernels={"numba": "elman.tanh", "cuda": "ElmanCell<TanhActivation>"},
-         layer="RNN", layer_options={"nonlinearity": "tanh"}),
-    Cell("rnn_relu", gate_names=("h",), state_names=("h",), saved=(Saved("gates", 1),),
-         step_gradients=("dgx",), forward_step=_rnn_relu_forward,
-         backward_step=_rnn_relu_backward,
-         reference_steps=(reference.rnn_relu_step, reference.rnn_relu_step_backward),
-         kernels={"numba": "elman.relu", "cuda": "ElmanCell<ReluActivation>"},
-         layer="RNN", layer_options={"nonlinearity": "relu"}),
+    _elman("tanh", _rnn_tanh_forward, _rnn_tanh_backward,
+           (reference.rnn_tanh_step, reference.rnn_tanh_step_backward), "TanhActivation"),
+    _elman("relu", _rnn_relu_forward, _rnn_relu_backward,
+           (reference.rnn_relu_step, reference.rnn_relu_step_backward), "ReluActivation"),
     Cell("lstm", gate_names=("i", "f", "g", "o"), state_names=("h", "c"),
          saved=(Saved("gates", 4),), step_gradients=("dgx",),
          forward_step=_lstm_forward, backward_step=_lstm_backward,

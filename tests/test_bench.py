@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from rnnkern.bench_shapes import (CPU_SHAPES, SHAPES_VARIABLE, TINY_SHAPES, parse_shape,
+from rnnkern.bench.shapes import (CPU_SHAPES, SHAPES_VARIABLE, TINY_SHAPES, parse_shape,
                                   shape_selection)
-from rnnkern.bench_workers import gpu_unavailable_reason
 from rnnkern.cells import cell_for
+from rnnkern.devices import cuda_unavailable_reason
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK_PREFIXES = ("time_", "timeraw_", "peakmem_", "mem_", "track_")   # asv's
-GPU_MISSING = gpu_unavailable_reason()
+GPU_MISSING = cuda_unavailable_reason()
 TORCH_INSTALLED = importlib.util.find_spec("torch") is not None
 
 
@@ -174,7 +174,8 @@ def test_bench_on_cuda_without_a_gpu_says_why():
 
 
 def test_bench_modules_import_neither_torch_nor_cupy():
-    code = ("import sys, rnnkern.bench, rnnkern.bench_shapes, rnnkern.bench_workers; "
+    code = ("import sys, rnnkern.bench, rnnkern.bench.cli, rnnkern.bench.shapes, "
+            "rnnkern.bench.workers, rnnkern.bench.workloads; "
             "print(sorted({'torch', 'cupy'} & set(sys.modules)))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                check=True)

@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import cuda_device_count
-from rnnkern import demo
+from rnnkern import demos
+from rnnkern.demos import char_lm
+from rnnkern.devices import cuda_device_count
 from rnnkern.training import read_checkpoint
 
 TINY = ["--steps", "12", "--hidden", "24", "--embedding", "8", "--batch-size", "4",
@@ -28,7 +29,7 @@ def corpus(tmp_path):
 
 def test_char_demo_trains_saves_and_resumes(corpus, tmp_path, capsys):
     checkpoint = tmp_path / "lm.npz"
-    assert demo.main(["--text", str(corpus), "--checkpoint", str(checkpoint), *TINY]) == 0
+    assert demos.main(["--text", str(corpus), "--checkpoint", str(checkpoint), *TINY]) == 0
     out = capsys.readouterr().out
     for expected in ("Total params", "final sample:", "held-out loss", "unigram baseline",
                      "perplexity", f"checkpoint saved to {checkpoint}"):
@@ -36,16 +37,16 @@ def test_char_demo_trains_saves_and_resumes(corpus, tmp_path, capsys):
     saved = read_checkpoint(checkpoint)
     assert saved.progress["steps"] == 12 and saved.config["task"] == "char-lm"
 
-    assert demo.main(["--text", str(corpus), "--resume", str(checkpoint), "--steps", "3",
+    assert demos.main(["--text", str(corpus), "--resume", str(checkpoint), "--steps", "3",
                       "--sample-length", "10", "--held-out-chars", "400"]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert read_checkpoint(checkpoint).progress["steps"] == 15      # saved back to --resume
 
 
 def test_char_demo_default_corpus_is_the_standard_library(tmp_path, capsys):
-    train, held_out, name = demo._stdlib_corpus()
+    train, held_out, name = char_lm._stdlib_corpus()
     assert len(train) > 1_000_000 and len(held_out) > 100_000 and "standard library" in name
-    assert demo.main(["--checkpoint", str(tmp_path / "lm.npz"), "--steps", "2", "--hidden", "16",
+    assert demos.main(["--checkpoint", str(tmp_path / "lm.npz"), "--steps", "2", "--hidden", "16",
                       "--embedding", "4", "--sample-length", "5", "--held-out-chars", "300"]) == 0
     out = capsys.readouterr().out
     assert "standard library" in out and "held-out loss" in out
@@ -54,47 +55,47 @@ def test_char_demo_default_corpus_is_the_standard_library(tmp_path, capsys):
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_resume_from_a_damaged_checkpoint_is_a_clear_error(corpus, tmp_path, capsys, damage):
     checkpoint = tmp_path / "lm.npz"
-    assert demo.main(["--text", str(corpus), "--checkpoint", str(checkpoint), *TINY]) == 0
+    assert demos.main(["--text", str(corpus), "--checkpoint", str(checkpoint), *TINY]) == 0
     data = checkpoint.read_bytes()
     checkpoint.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"junk" * 100)
     capsys.readouterr()
-    assert demo.main(["--text", str(corpus), "--resume", str(checkpoint), *TINY]) == 2
+    assert demos.main(["--text", str(corpus), "--resume", str(checkpoint), *TINY]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint") and "corrupt or truncated" in err
     assert "Traceback" not in err
 
 
 def test_resume_errors_name_the_problem(corpus, tmp_path, capsys):
-    assert demo.main(["--text", str(corpus), "--resume", str(tmp_path / "absent.npz")]) == 2
+    assert demos.main(["--text", str(corpus), "--resume", str(tmp_path / "absent.npz")]) == 2
     assert "no such file" in capsys.readouterr().err
     sine_checkpoint = tmp_path / "sine.npz"
-    assert demo.main(["sine", "--steps", "2", "--checkpoint", str(sine_checkpoint)]) == 0
+    assert demos.main(["sine", "--steps", "2", "--checkpoint", str(sine_checkpoint)]) == 0
     capsys.readouterr()
-    assert demo.main(["--text", str(corpus), "--resume", str(sine_checkpoint)]) == 2
+    assert demos.main(["--text", str(corpus), "--resume", str(sine_checkpoint)]) == 2
     assert "a checkpoint of `demo sine`" in capsys.readouterr().err
-    assert demo.main(["--text", str(tmp_path / "absent.txt")]) == 2
+    assert demos.main(["--text", str(tmp_path / "absent.txt")]) == 2
     assert "--text" in capsys.readouterr().err
-    assert demo.main(["--text", str(corpus), "--checkpoint", str(tmp_path / "no" / "lm.npz")]) == 2
+    assert demos.main(["--text", str(corpus), "--checkpoint", str(tmp_path / "no" / "lm.npz")]) == 2
     assert "does not exist or is not writable" in capsys.readouterr().err
 
 
 def test_ctrl_c_saves_a_checkpoint_before_exiting(corpus, tmp_path, capsys, monkeypatch):
-    real_train_step, calls = demo.train_step, []
+    real_train_step, calls = char_lm.train_step, []
 
     def interrupted_on_third_step(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real_train_step(*args, **kwargs)
-    monkeypatch.setattr(demo, "train_step", interrupted_on_third_step)
+    monkeypatch.setattr(char_lm, "train_step", interrupted_on_third_step)
     checkpoint = tmp_path / "lm.npz"
-    assert demo.main(["--text", str(corpus), "--checkpoint", str(checkpoint), *TINY]) == 130
+    assert demos.main(["--text", str(corpus), "--checkpoint", str(checkpoint), *TINY]) == 130
     assert "interrupted after 2 steps" in capsys.readouterr().out
     assert read_checkpoint(checkpoint).progress["steps"] == 2
 
 
 def test_sine_demo_beats_the_naive_forecast(capsys):
-    assert demo.main(["sine", "--steps", "300"]) == 0
+    assert demos.main(["sine", "--steps", "300"]) == 0
     out = capsys.readouterr().out
     assert "(None, 10, 50)" in out and "(None, 1)" in out
     test_mse = float(out.split("test MSE ")[1].split()[0])
@@ -103,7 +104,8 @@ def test_sine_demo_beats_the_naive_forecast(capsys):
 
 
 def test_demo_never_imports_torch():
-    code = ("import sys, rnnkern.demo, rnnkern.training; "
+    code = ("import sys, rnnkern.demos, rnnkern.demos.char_lm, rnnkern.demos.sine, "
+            "rnnkern.demos.common, rnnkern.training; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -134,16 +136,16 @@ def test_sigint_saves_a_checkpoint(corpus, tmp_path):
 @pytest.mark.skipif(cuda_device_count() == 0, reason="needs CuPy and a CUDA GPU")
 def test_demos_run_on_cuda(corpus, tmp_path, capsys):
     checkpoint = tmp_path / "lm.npz"
-    assert demo.main(["--device", "cuda", "--text", str(corpus), "--checkpoint", str(checkpoint),
+    assert demos.main(["--device", "cuda", "--text", str(corpus), "--checkpoint", str(checkpoint),
                       *TINY]) == 0
     assert "CuPy arrays, CUDA kernels" in capsys.readouterr().out
-    assert demo.main(["--device", "cuda", "--text", str(corpus), "--resume", str(checkpoint),
+    assert demos.main(["--device", "cuda", "--text", str(corpus), "--resume", str(checkpoint),
                       "--steps", "2", "--sample-length", "5", "--held-out-chars", "400"]) == 0
-    assert demo.main(["sine", "--device", "cuda", "--steps", "50"]) == 0
+    assert demos.main(["sine", "--device", "cuda", "--steps", "50"]) == 0
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(corpus, capsys):
     if cuda_device_count():
         pytest.skip("a GPU is present")
-    assert demo.main(["--device", "cuda", "--text", str(corpus), *TINY]) == 2
+    assert demos.main(["--device", "cuda", "--text", str(corpus), *TINY]) == 2
     assert "--device cuda" in capsys.readouterr().err

@@ -19,12 +19,12 @@ RUN = """
 import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from copied_kernels.drivers import forward_sequence
+from copied_kernels.drivers import CellRows, forward_sequence
 T, B, H = 2, 1, 3
 gx = np.full((T, B, H), 0.5)
 state = (np.zeros((B, H)),)
 y = np.empty((T, B, H))
-forward_sequence("elman.tanh", (0, 0), gx, np.zeros((H, H)), np.zeros(H),
+forward_sequence(CellRows("elman.tanh"), (0, 0), gx, np.zeros((H, H)), np.zeros(H),
                  np.full(B, T, np.int32), False, state, y, (np.empty((T, B, H)),),
                  (np.empty((T, B, H)),), np.empty((B, H)))
 print(json.dumps({"y": float(y[0, 0, 0]),

@@ -1,1 +1,1 @@
-"""asv benchmarks of rnnkern; the workload lives in ``rnnkern.bench_shapes``."""
+"""asv benchmarks of rnnkern; the workload lives in ``rnnkern.bench`` (shapes, workloads)."""

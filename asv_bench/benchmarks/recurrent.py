@@ -1,9 +1,10 @@
 """Recurrent layers: time, host and GPU memory, first-call (compile) time.
 
-Parameters come from :mod:`rnnkern.bench_shapes` (``RNNKERN_BENCH_SHAPES=tiny``
+Parameters come from :mod:`rnnkern.bench.shapes` (``RNNKERN_BENCH_SHAPES=tiny``
 selects the tiny shapes for smoke runs):
 
-- ``cell``: lstm, gru, rnn_tanh, rnn_relu, one layer, one direction;
+- ``cell``: every cell of the registry (lstm, gru, rnn_tanh, rnn_relu, ...),
+  one layer, one direction;
 - ``backend``: ``numpy`` (NumPy arrays, Numba kernels) always; ``cupy``
   (CuPy arrays, CUDA kernels) only where CuPy imports and finds a GPU;
 - ``dtype``: float32, float64;
@@ -12,15 +13,19 @@ selects the tiny shapes for smoke runs):
 
 Combinations that cannot or should not run raise ``NotImplementedError`` in
 ``setup``, which asv reports as skipped.  The timed workload is
-:class:`rnnkern.bench_workers.RnnkernWorkload`, the one ``python -m rnnkern
+:class:`rnnkern.bench.workloads.RnnkernWorkload`, the one ``python -m rnnkern
 bench`` times: seeded inputs, and calls that return only once the GPU is
 idle (a device synchronize ends every call).  ``setup`` makes one warm-up call so that JIT (Numba) and NVRTC
 compilation stay out of the timings; :class:`FirstCall` measures them.
 """
 
-from rnnkern.bench_shapes import CELLS, DTYPES, all_shapes, parse_shape, shapes_for
-from rnnkern.bench_workers import RnnkernWorkload, first_call_seconds, gpu_unavailable_reason
+from rnnkern.bench.shapes import CELLS, DTYPES, all_shapes, parse_shape, shapes_for
+from rnnkern.bench.workers import first_call_seconds
+from rnnkern.bench.workloads import RnnkernWorkload
+from rnnkern.devices import cuda_unavailable_reason
 
+#: asv parameter values of record, named by array library (append-only history;
+#: ``rnnkern.backend_name`` calls these backends "numba" and "cuda").
 BACKENDS = ("numpy", "cupy")
 DEVICE_OF_BACKEND = {"numpy": "cpu", "cupy": "cuda"}
 SHAPES = [str(shape) for shape in all_shapes()]
@@ -31,7 +36,7 @@ def skip_unless_runnable(backend, shape=None):
     device = DEVICE_OF_BACKEND[backend]
     if shape is not None and parse_shape(shape) not in shapes_for(device):
         raise NotImplementedError(f"shape {shape} is not benchmarked on {backend}")
-    reason = gpu_unavailable_reason() if device == "cuda" else None
+    reason = cuda_unavailable_reason() if device == "cuda" else None
     if reason is not None:
         raise NotImplementedError(reason)
 
@@ -109,7 +114,7 @@ class FirstCall:
     """Seconds of the first forward+backward in a fresh process: mostly compilation.
 
     Cold: Numba's and CuPy's kernel caches start empty.  Cached: they were
-    filled by an earlier process.  See ``rnnkern.bench_workers.first_call_seconds``.
+    filled by an earlier process.  See ``rnnkern.bench.workers.first_call_seconds``.
     """
 
     params = [CELLS, BACKENDS, DTYPES]

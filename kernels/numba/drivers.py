@@ -4,10 +4,12 @@ The drivers hold everything that is the same for every cell: the time loop
 (inside Numba, so no Python sits between steps), the recurrent GEMM of each
 step, the length mask, the state history, the carried gradients.  The cell's
 algebra comes from its row functions, picked at compile time by ``rows``, a
-string literal ``"<module>.<prefix>"`` (``rnnkern.cells.Cell.kernels["numba"]``):
-``<module>.<prefix>_forward_row`` and ``<prefix>_backward_row`` of this
-package.  Each value of ``rows`` compiles (and caches) its own specialisation,
-so the call to the rows costs nothing at run time and inlines into the loop.
+:class:`CellRows` naming them ``"<module>.<prefix>"``
+(``rnnkern.cells.Cell.kernels["numba"]``): ``<module>.<prefix>_forward_row``
+and ``<prefix>_backward_row`` of this package.  The name is part of the
+argument's Numba TYPE, so each cell compiles (and caches) its own
+specialisation, the dispatcher finds it by type at every call without
+compiling again, and the rows inline into the loop.
 
 Row contract (``t``, ``b`` the step and the batch row; arrays whole, the row
 indexes them)::
@@ -33,18 +35,52 @@ from __future__ import annotations
 import importlib
 
 import numba as nb
-from numba import types
-from numba.extending import overload
+from numba.core import types
+from numba.core.datamodel import models
+from numba.extending import NativeValue, overload, register_model, typeof_impl, unbox
 
 from . import JIT
 from .gemm import gemm
 
 
+class CellRows:
+    """Names a cell's row functions for the drivers: ``CellRows("lstm.lstm")``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return f"CellRows({self.name!r})"
+
+
+class CellRowsType(types.Dummy):
+    """The Numba type of a :class:`CellRows`: one type per cell, holding no data."""
+
+    def __init__(self, name):
+        self.rows = name
+        super().__init__(name=f"CellRows({name})")
+
+
+@typeof_impl.register(CellRows)
+def _typeof_cell_rows(value, context):
+    return CellRowsType(value.name)
+
+
+register_model(CellRowsType)(models.OpaqueModel)
+
+
+@unbox(CellRowsType)
+def _unbox_cell_rows(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())       # the type says it all
+
+
 def _rows_of(rows, which):
-    """The row function ``<prefix>_<which>_row`` of module ``<module>`` for literal ``rows``."""
-    if not isinstance(rows, types.StringLiteral):
+    """The row function ``<prefix>_<which>_row`` of module ``<module>`` named by ``rows``."""
+    if not isinstance(rows, CellRowsType):
         return None
-    module, prefix = rows.literal_value.split(".")
+    module, prefix = rows.rows.split(".")
     return getattr(importlib.import_module(f"{__package__}.{module}"), f"{prefix}_{which}_row")
 
 
@@ -83,7 +119,7 @@ def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, state, y, h
 
     Parameters (outputs after the inputs they pair with)
     ----------
-    rows : str literal       the cell's rows, ``"<module>.<prefix>"``
+    rows : CellRows          the cell's rows
     blas : (int, int)        the GEMM to call (see gemm.gemm)
     gx : (T, B, G*H)         x @ W_ih^T + b_ih for every step
     w_hh_t : (H, G*H)        W_hh transposed, C-contiguous
@@ -96,7 +132,6 @@ def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, state, y, h
     saved : tuple of (T, B, W*H)   what the cell keeps for BPTT, zero where inactive
     gh : (B, G*H)            workspace
     """
-    nb.literally(rows)
     T, B = gx.shape[0], gx.shape[1]
     h = state[0]
     for s in range(T):
@@ -120,7 +155,7 @@ def backward_sequence(rows, blas, dy, w_hh, lengths, reverse, history, saved, ca
 
     Parameters (outputs after the inputs they pair with)
     ----------
-    rows : str literal       the cell's rows, ``"<module>.<prefix>"``
+    rows : CellRows          the cell's rows
     blas : (int, int)        the GEMM to call (see gemm.gemm)
     dy : (T, B, H)           gradient of y
     w_hh : (G*H, H)          C-contiguous
@@ -132,7 +167,6 @@ def backward_sequence(rows, blas, dy, w_hh, lengths, reverse, history, saved, ca
                              dgx unless the cell writes them apart)
     dh_through_w : (B, H)    workspace
     """
-    nb.literally(rows)
     T, B = dy.shape[0], dy.shape[1]
     dh = carry[0]
     for s in range(T):

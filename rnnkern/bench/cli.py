@@ -9,7 +9,7 @@ GPU), in the same run.
 
 Fair by construction:
 
-- Every library runs in processes of its own (:mod:`rnnkern.bench_workers`),
+- Every library runs in processes of its own (:mod:`rnnkern.bench.workers`),
   one at a time, so no library's idle-spinning thread pool steals cores from
   another's timed calls.  Each round starts one fresh process per library
   (and one for the GEMMs), in an order that rotates from round to round, and
@@ -54,9 +54,9 @@ import sys
 import time
 from pathlib import Path
 
-from .bench_shapes import CELLS, FIRST_CALL_SHAPE, parse_shape, shapes_for
-from .bench_workers import WorkerError, first_call_seconds, run_in_fresh_process
-from .cells import cell_for
+from ..cells import cell_for
+from .shapes import CELLS, FIRST_CALL_SHAPE, parse_shape, shapes_for
+from .workers import WorkerError, first_call_seconds, run_in_fresh_process
 
 __all__ = ["main"]
 
@@ -67,13 +67,24 @@ LIBRARIES = ("rnnkern", "torch", "reference")
 PASSES = ("forward", "forward_backward")
 ROW_PASSES = ("forward", "forward_no_grad", "forward_backward")
 PASS_LABELS = {"forward": "fwd", "forward_no_grad": "fwd no_grad", "forward_backward": "fwd+bwd"}
-DEFAULT_CELLS = ("lstm", "gru", "rnn_tanh")
 #: Seconds to wait before re-running items that other processes disturbed.
 RETRY_PAUSE_SECONDS = 5
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "NUMBA_NUM_THREADS")
 #: Checksums of libraries doing the same work agree to this relative tolerance.
 AGREEMENT_TOLERANCE = {"float32": 1e-3, "float64": 1e-8}
+
+
+def _one_cell_per_layer(cells):
+    """The first of ``cells`` for each public layer class (``Cell.layer``), in order."""
+    first = {}
+    for name in cells:
+        first.setdefault(cell_for(name).layer, name)
+    return tuple(first.values())
+
+
+#: One cell per layer class: lstm, gru, rnn_tanh (rnn_relu is RNN again).
+DEFAULT_CELLS = _one_cell_per_layer(CELLS)
 
 
 def main(argv=None):
@@ -126,7 +137,7 @@ def _parse_arguments(argv):
                         help=f"cells among {', '.join(CELLS)}. Default: {' '.join(DEFAULT_CELLS)}")
     parser.add_argument("--shape", nargs="+", type=_shape_argument, metavar="T,B,I,H",
                         help="shapes (sequence length, batch, input size, hidden size). Default: "
-                             "the device's shapes in rnnkern.bench_shapes "
+                             "the device's shapes in rnnkern.bench.shapes "
                              "(RNNKERN_BENCH_SHAPES=tiny picks tiny ones)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--repeats", type=_positive_int, default=5,
@@ -273,7 +284,7 @@ def _run_undisturbed(request, threads, args):
 
     An item (a case, or a GEMM) is disturbed when other processes used more
     than ``args.max_interference`` of the machine's CPU while it was timed
-    (``bench_workers.OtherProcessesMeter``).  Disturbed items go to a fresh
+    (``workers.OtherProcessesMeter``).  Disturbed items go to a fresh
     worker, after a pause, up to ``args.retries`` times.
 
     Returns the answer and the number of items re-run.
@@ -298,7 +309,7 @@ def _run_undisturbed(request, threads, args):
 
 
 def _measure_first_calls(args, cells, threads):
-    """``cell -> {"cold": s, "cached": s}`` (see ``bench_workers.first_call_seconds``)."""
+    """``cell -> {"cold": s, "cached": s}`` (see ``workers.first_call_seconds``)."""
     return {cell: {kind: first_call_seconds(cell, args.dtype, args.device, kind == "cached",
                                             _thread_environment(threads))
                    for kind in ("cold", "cached")}

@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .. import cells as _registry
+
 __all__ = ["BenchShape", "CELLS", "DTYPES", "CPU_SHAPES", "GPU_SHAPES", "TINY_SHAPES",
            "FIRST_CALL_SHAPE", "SHAPES_VARIABLE", "shape_selection", "shapes_for", "all_shapes", "parse_shape"]
 
@@ -39,8 +41,14 @@ class BenchShape:
         return f"{self.T},{self.B},{self.I},{self.H}"
 
 
-#: Cells as ``rnnkern.reference`` names them.
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+#: The order in which asv first recorded the cells: asv parameter lists are
+#: history, so it stays; registry cells not in it follow, in registry order.
+_RECORDED_CELL_ORDER = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+#: Every cell of the registry (:data:`rnnkern.cells.CELLS`), by registry name.
+CELLS = tuple(sorted(_registry.CELLS, key=lambda name: (
+    _RECORDED_CELL_ORDER.index(name) if name in _RECORDED_CELL_ORDER
+    else len(_RECORDED_CELL_ORDER))))
 
 DTYPES = ("float32", "float64")
 

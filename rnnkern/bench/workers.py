@@ -1,11 +1,11 @@
-"""What runs inside one benchmark process: a library's workload and its timing.
+"""The worker processes of ``python -m rnnkern bench``: their protocol and timing.
 
-``python -m rnnkern bench`` (:mod:`rnnkern.bench`) never times anything in its
-own process.  It starts ``python -m rnnkern.bench_workers``, writes one JSON
-request on its stdin, and reads one JSON line back from its stdout.  A process
-serves one library only, so no library's thread pool (BLAS threads that keep
-spinning after a call, torch's OpenMP team) can steal cores from another's
-timed calls.  Requests::
+``python -m rnnkern bench`` (:mod:`rnnkern.bench.cli`) never times anything in
+its own process.  It starts ``python -m rnnkern.bench.workers``, writes one
+JSON request on its stdin, and reads one JSON line back from its stdout.  A
+process serves one library only, so no library's thread pool (BLAS threads
+that keep spinning after a call, torch's OpenMP team) can steal cores from
+another's timed calls.  Requests::
 
     {"task": "time", "library": "rnnkern" | "torch" | "reference",
      "device": "cpu" | "cuda", "dtype": ..., "threads": N, "repeats": N,
@@ -24,13 +24,8 @@ timed calls.  Requests::
 A library that cannot run here (torch not installed, no GPU) answers
 ``{"unavailable": "why"}`` and exits 0; anything else that goes wrong is an
 exception, a traceback on stderr and a non-zero exit.  The client side is
-:func:`run_in_fresh_process`.
-
-The workload classes are also what the asv benchmarks time, so both measure
-the same calls on the same seeded inputs.  Each has the methods named in its
-``PASSES`` (``forward()``, ``forward_backward()``; torch also
-``forward_no_grad()``), which return only once the device is idle (a device-wide
-synchronize on the GPU: every stream), and ``checksums()``.
+:func:`run_in_fresh_process`.  What a ``time`` request times are the classes
+of :mod:`rnnkern.bench.workloads`, the ones the asv benchmarks time too.
 """
 
 from __future__ import annotations
@@ -49,12 +44,15 @@ from dataclasses import astuple
 
 import numpy as np
 
-from .bench_shapes import FIRST_CALL_SHAPE, BenchShape
-from .layers import GRU, LSTM, RNN
+from ..devices import cuda_unavailable_reason
+from .shapes import FIRST_CALL_SHAPE, BenchShape
+from .workloads import ReferenceWorkload, RnnkernWorkload, TorchWorkload, synchronize_nothing
 
-__all__ = ["make_layer", "seeded_case", "RnnkernWorkload", "TorchWorkload",
-           "ReferenceWorkload", "gpu_unavailable_reason", "WorkerError",
-           "run_in_fresh_process", "first_call_seconds", "OtherProcessesMeter"]
+__all__ = ["WorkerError", "run_in_fresh_process", "first_call_seconds", "OtherProcessesMeter",
+           "main"]
+
+#: What ``python -m`` runs in a worker process: this module.
+WORKER_MODULE = "rnnkern.bench.workers"
 
 
 class WorkerError(RuntimeError):
@@ -62,7 +60,7 @@ class WorkerError(RuntimeError):
 
 
 def run_in_fresh_process(request, environment=None):
-    """Send ``request`` to a new ``python -m rnnkern.bench_workers``; return its answer.
+    """Send ``request`` to a new ``python -m rnnkern.bench.workers``; return its answer.
 
     Parameters
     ----------
@@ -76,7 +74,7 @@ def run_in_fresh_process(request, environment=None):
     WorkerError
         If the worker exits with an error.
     """
-    completed = subprocess.run([sys.executable, "-m", "rnnkern.bench_workers"],
+    completed = subprocess.run([sys.executable, "-m", WORKER_MODULE],
                                input=json.dumps(request), capture_output=True, text=True,
                                env=dict(os.environ, **(environment or {})))
     if completed.returncode != 0:
@@ -90,7 +88,7 @@ def run_in_fresh_process(request, environment=None):
 def first_call_seconds(cell, dtype, device, cached, environment=None):
     """Seconds of rnnkern's first forward+backward in a fresh process, or None.
 
-    The call is made on :data:`rnnkern.bench_shapes.FIRST_CALL_SHAPE`, so the
+    The call is made on :data:`rnnkern.bench.shapes.FIRST_CALL_SHAPE`, so the
     time is mostly compilation.  Numba's and CuPy's on-disk kernel caches
     point at a new empty directory: with ``cached=False`` everything compiles
     (a cold start); with ``cached=True`` a first process fills the cache and a
@@ -107,216 +105,6 @@ def first_call_seconds(cell, dtype, device, cached, environment=None):
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return answer.get("seconds")
-
-
-def make_layer(cell, shape, dtype, device, seed):
-    """The rnnkern layer for ``cell`` with input and hidden size from ``shape``."""
-    options = {"dtype": dtype, "device": device, "seed": seed}
-    if cell == "lstm":
-        return LSTM(shape.I, shape.H, **options)
-    if cell == "gru":
-        return GRU(shape.I, shape.H, **options)
-    if cell in ("rnn_tanh", "rnn_relu"):
-        return RNN(shape.I, shape.H, nonlinearity=cell[4:], **options)
-    raise ValueError(f"cell: expected one of lstm, gru, rnn_tanh, rnn_relu, got {cell!r}")
-
-
-def seeded_case(cell, shape, dtype, seed):
-    """Parameters (by torch name), ``x (T, B, I)`` and ``dy (T, B, H)`` as NumPy arrays.
-
-    Every library gets these same values: the parameters are those of
-    ``make_layer(cell, shape, dtype, "cpu", seed)``; ``x`` and ``dy`` are
-    standard normal draws from ``seed``.
-    """
-    params = make_layer(cell, shape, dtype, "cpu", seed).state_dict()
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((shape.T, shape.B, shape.I)).astype(dtype)
-    dy = rng.standard_normal((shape.T, shape.B, shape.H)).astype(dtype)
-    return params, x, dy
-
-
-def gpu_unavailable_reason():
-    """None if CuPy imports and sees a CUDA GPU, else a sentence saying why not."""
-    try:
-        import cupy
-    except ImportError as err:
-        return f"CuPy is not installed ({err}); install rnnkern[cuda]"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as err:   # CUDARuntimeError without a driver or a device
-        return f"CuPy {cupy.__version__} is installed but finds no CUDA GPU ({err})"
-    if count == 0:
-        return f"CuPy {cupy.__version__} is installed but finds no CUDA GPU"
-    return None
-
-
-def _absolute_sum(array):
-    """Sum of |array| in float64, on the host, for any of the three libraries."""
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
-    elif hasattr(array, "get"):
-        array = array.get()
-    return float(np.abs(np.asarray(array, dtype=np.float64)).sum())
-
-
-class RnnkernWorkload:
-    """One rnnkern layer (one layer, one direction) and its seeded inputs.
-
-    Parameters
-    ----------
-    cell : str
-        ``"lstm"``, ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``.
-    shape : BenchShape
-    dtype : str
-        ``"float32"`` or ``"float64"``.
-    device : str
-        ``"cpu"`` (NumPy arrays, Numba kernels) or ``"cuda"`` (CuPy arrays).
-    seed : int
-    """
-
-    PASSES = ("forward", "forward_backward")
-
-    def __init__(self, cell, shape, dtype, device, seed=0):
-        _, x, dy = seeded_case(cell, shape, dtype, seed)   # its parameters: those of the layer
-        self.layer = make_layer(cell, shape, dtype, device, seed)
-        if device == "cuda":
-            import cupy
-
-            self.x, self.dy = cupy.asarray(x), cupy.asarray(dy)
-            self._synchronize = cupy.cuda.Device().synchronize
-        else:
-            self.x, self.dy = x, dy
-            self._synchronize = _nothing
-
-    def forward(self):
-        """``layer.forward(x)``: returns ``(y, state, tape)``."""
-        result = self.layer.forward(self.x)
-        self._synchronize()
-        return result
-
-    def forward_backward(self):
-        """``layer.forward(x)`` then ``layer.backward(dy, tape)``: returns ``(dx, dstate0, grads)``."""
-        _, _, tape = self.layer.forward(self.x)
-        result = self.layer.backward(self.dy, tape)
-        self._synchronize()
-        return result
-
-    def checksums(self):
-        """Sums of ``|y|``, ``|dx|`` and ``|dW_hh|``, to check that libraries agree."""
-        y, _, _ = self.forward()
-        dx, _, grads = self.forward_backward()
-        return {"y": _absolute_sum(y), "dx": _absolute_sum(dx),
-                "dweight_hh": _absolute_sum(grads["weight_hh_l0"])}
-
-
-class TorchWorkload:
-    """The same layer as ``torch.nn.LSTM/GRU/RNN``, with the same parameters and inputs.
-
-    ``forward`` is a training forward (autograd on, as rnnkern's forward also
-    keeps its tape); ``forward_no_grad`` runs under ``torch.no_grad()``, the
-    inference a torch user gets; ``forward_backward`` asks for the gradients
-    rnnkern returns: input, initial state and parameters.  On CUDA, TF32 is
-    off so cuDNN computes in full float32 as rnnkern does.
-    """
-
-    PASSES = ("forward", "forward_no_grad", "forward_backward")
-
-    def __init__(self, cell, shape, dtype, device, seed=0, threads=None):
-        import torch
-
-        if device == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-            self._synchronize = torch.cuda.synchronize
-        else:
-            self._synchronize = _nothing
-        if threads is not None:
-            torch.set_num_threads(threads)
-        params, x, dy = seeded_case(cell, shape, dtype, seed)
-        options = {"dtype": getattr(torch, dtype), "device": device}
-        if cell == "lstm":
-            module = torch.nn.LSTM(shape.I, shape.H, **options)
-        elif cell == "gru":
-            module = torch.nn.GRU(shape.I, shape.H, **options)
-        else:
-            module = torch.nn.RNN(shape.I, shape.H, nonlinearity=cell[4:], **options)
-        module.load_state_dict({name: torch.from_numpy(p) for name, p in params.items()})
-        self.module = module
-        self._no_grad = torch.no_grad
-        self.x = torch.from_numpy(x).to(device).requires_grad_()
-        self.dy = torch.from_numpy(dy).to(device)
-        zeros = [torch.zeros((1, shape.B, shape.H), **options).requires_grad_()
-                 for _ in range(2 if cell == "lstm" else 1)]
-        self.state = tuple(zeros) if cell == "lstm" else zeros[0]
-        self._leaves = [self.x, *zeros, *module.parameters()]
-
-    def forward(self):
-        """``module(x, state)``: returns ``(y, state)``."""
-        result = self.module(self.x, self.state)
-        self._synchronize()
-        return result
-
-    def forward_no_grad(self):
-        """``module(x, state)`` under ``torch.no_grad()``: returns ``(y, state)``."""
-        with self._no_grad():
-            result = self.module(self.x, self.state)
-        self._synchronize()
-        return result
-
-    def forward_backward(self):
-        """``module(x, state)`` then ``y.backward(dy)``: returns ``dx``.
-
-        Gradients are cleared first (set to None, free) so autograd writes
-        fresh ones, as rnnkern's backward returns fresh arrays, rather than
-        adding into old ones.
-        """
-        for leaf in self._leaves:
-            leaf.grad = None
-        y, _ = self.module(self.x, self.state)
-        y.backward(self.dy)
-        self._synchronize()
-        return self.x.grad
-
-    def checksums(self):
-        """Sums of ``|y|``, ``|dx|`` and ``|dW_hh|`` (see :class:`RnnkernWorkload`)."""
-        y, _ = self.forward()
-        dx = self.forward_backward()
-        return {"y": _absolute_sum(y), "dx": _absolute_sum(dx),
-                "dweight_hh": _absolute_sum(self.module.weight_hh_l0.grad)}
-
-
-class ReferenceWorkload:
-    """The plain NumPy reference (:mod:`rnnkern.reference`) on the same inputs. CPU only."""
-
-    PASSES = ("forward", "forward_backward")
-
-    def __init__(self, cell, shape, dtype, device="cpu", seed=0):
-        if device != "cpu":
-            raise ValueError(f"device: the NumPy reference runs on 'cpu' only, got {device!r}")
-        self.cell = cell
-        self.params, self.x, self.dy = seeded_case(cell, shape, dtype, seed)
-        self.dh_n = np.zeros((1, shape.B, shape.H), dtype)
-        self.dc_n = self.dh_n if cell == "lstm" else None
-
-    def forward(self):
-        """``reference_forward``: returns ``(y, h_n, c_n, cache)``."""
-        from .reference import reference_forward
-
-        return reference_forward(self.cell, self.params, self.x)
-
-    def forward_backward(self):
-        """``reference_forward`` then ``reference_backward``: returns ``(dx, dh0, dc0, grads)``."""
-        from .reference import reference_backward, reference_forward
-
-        *_, cache = reference_forward(self.cell, self.params, self.x)
-        return reference_backward(self.dy, self.dh_n, self.dc_n, cache)
-
-    def checksums(self):
-        """Sums of ``|y|``, ``|dx|`` and ``|dW_hh|`` (see :class:`RnnkernWorkload`)."""
-        y, *_ = self.forward()
-        dx, _, _, grads = self.forward_backward()
-        return {"y": _absolute_sum(y), "dx": _absolute_sum(dx),
-                "dweight_hh": _absolute_sum(grads["weight_hh_l0"])}
 
 
 class OtherProcessesMeter:
@@ -362,10 +150,6 @@ def _machine_busy_seconds():
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _nothing():
-    """Synchronize on the CPU: every call has finished when it returns."""
-
-
 def _timed(call):
     """Seconds taken by ``call()``, with the garbage collector held off as timeit does."""
     gc.collect()
@@ -401,7 +185,7 @@ def _library_unavailable_reason(library, device):
     if library == "reference" and device != "cpu":
         return "the NumPy reference runs on the CPU only"
     if device == "cuda":
-        return gpu_unavailable_reason()
+        return cuda_unavailable_reason()
     return None
 
 
@@ -417,7 +201,7 @@ def _library_info(library, device):
             info["cudnn"] = torch.backends.cudnn.version()
     if library == "rnnkern":
         import rnnkern
-        from .backends.cpu_blas import blas_name
+        from ..backends.numba.blas import blas_name
 
         info["rnnkern"] = rnnkern.__version__
         info["numba"] = importlib.metadata.version("numba")
@@ -466,14 +250,14 @@ def _time_gemms(request):
     """Seconds for ``calls`` back-to-back ``(m, k) @ (k, n)`` products, ``repeats`` times."""
     device, dtype = request["device"], request["dtype"]
     if device == "cuda":
-        reason = gpu_unavailable_reason()
+        reason = cuda_unavailable_reason()
         if reason is not None:
             return {"unavailable": reason}
         import cupy as xp
 
         synchronize = xp.cuda.Device().synchronize
     else:
-        xp, synchronize = np, _nothing
+        xp, synchronize = np, synchronize_nothing
     rng = np.random.default_rng(0)
     results = []
     for m, k, n, calls in request["gemms"]:
@@ -497,7 +281,7 @@ def _time_gemms(request):
 def _first_call(request):
     """Seconds of the first forward+backward in this (fresh) process."""
     device = request["device"]
-    reason = gpu_unavailable_reason() if device == "cuda" else None
+    reason = cuda_unavailable_reason() if device == "cuda" else None
     if reason is not None:
         return {"unavailable": reason}
     workload = RnnkernWorkload(request["cell"], BenchShape(*request["shape"]),
@@ -532,7 +316,7 @@ def _cpu_model():
 
 def _describe_device(request):
     device = request["device"]
-    reason = gpu_unavailable_reason() if device == "cuda" else None
+    reason = cuda_unavailable_reason() if device == "cuda" else None
     if reason is not None:
         return {"unavailable": reason}
     return {"info": _device_info(device)}

@@ -52,7 +52,7 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     history = tuple(np.empty((T, B, H), dtype) for _ in cell.state_names)
     saved = tuple(np.empty((T, B, s.width * H), dtype) for s in cell.saved)
     drivers.forward_sequence(
-        cell.kernels["numba"], gemm_function(dtype), gx, np.ascontiguousarray(w_hh.T),
+        drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), gx, np.ascontiguousarray(w_hh.T),
         np.ascontiguousarray(params["bias_hh"]), lengths, reverse, state, y, history, saved,
         np.empty((B, GH), dtype))
     if not keep:
@@ -71,7 +71,7 @@ def backward_direction(cell, dy, dstate_n, tape):
     dgx = np.empty((T, B, GH), dtype)
     dgh = np.empty((T, B, GH), dtype) if "dgh" in cell.step_gradients else dgx
     drivers.backward_sequence(
-        cell.kernels["numba"], gemm_function(dtype), np.ascontiguousarray(dy),
+        drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), np.ascontiguousarray(dy),
         np.ascontiguousarray(w_hh), tape["lengths"], tape["reverse"], history, tape["saved"],
         carry, dgx, dgh, np.empty((B, H), dtype))
     dx, grads = weight_gradients(np, _matmul, _rows(x), _rows(history[0]), _rows(dgx),

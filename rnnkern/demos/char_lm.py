@@ -1,6 +1,6 @@
-r"""``python -m rnnkern demo``: train a character-level LSTM, or ``demo sine``.
+r"""``python -m rnnkern demo``: train a character-level LSTM language model.
 
-Character language model (the default)::
+::
 
     python -m rnnkern demo [--text FILE] [--device cpu|cuda] [--steps N] [--seed S]
                            [--checkpoint PATH] [--resume PATH] [...]
@@ -19,69 +19,38 @@ baseline's:
 where the unigram baseline predicts every character with its (add-one
 smoothed) frequency in the training text.  A checkpoint is saved at the end
 and on Ctrl-C; ``--resume`` continues from one.
-
-Many-to-one regression::
-
-    python -m rnnkern demo sine [--cell rnn|lstm|gru] [--steps N] [--seed S] [--device D]
-
-fits ``RNN(1, 50) -> last step -> Dense(50, 1)`` to predict the next value of
-a sine wave from windows of 10 values (MSE, Adam) and compares the test error
-with the naive forecast that repeats the window's last value.
-
-The model code is the same on every device: the arrays' namespace does the
-work, and only ``--device`` decides whether they are NumPy or CuPy arrays.
-Torch is never imported.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import sysconfig
 import time
 from pathlib import Path
 
-import array_api_compat
 import numpy as np
 from tqdm import tqdm
 
-from . import layers
-from .training import (Adam, CheckpointError, Dense, Embedding, LastTimestep, Sequential,
-                       batchify, bptt_chunks, chunks_per_epoch, clip_grad_norm, evaluate_loss,
-                       generate, load_checkpoint, mean_squared_error, read_checkpoint,
-                       save_checkpoint, train_step)
+from .. import recurrent
+from ..training import (Adam, Dense, Embedding, Sequential, batchify, bptt_chunks,
+                        chunks_per_epoch, evaluate_loss, generate, load_checkpoint,
+                        read_checkpoint, save_checkpoint, train_step)
+from .common import (UsageError, build_on_device, check_writable_directory,
+                     namespace_and_device, nonnegative_float, positive_int)
 
-__all__ = ["main"]
+__all__ = ["TASK", "build_parser", "run"]
 
-CHAR_TASK = "char-lm"
-SINE_TASK = "sine"
+TASK = "char-lm"
 HELD_OUT_EVERY = 10            # every tenth stdlib file is held out
 HELD_OUT_FRACTION = 0.1        # of a --text file: its last 10 %
 HELD_OUT_CHARS = 100_000       # held-out characters scored at the end
 DEFAULT_CHECKPOINT = "rnnkern-demo.npz"
 
 
-def main(argv=None) -> int:
-    """Entry point of ``python -m rnnkern demo``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] == "sine":
-            return run_sine(_sine_parser().parse_args(argv[1:]))
-        return run_char_lm(_char_parser().parse_args(argv))
-    except (CheckpointError, FileNotFoundError, _UsageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-class _UsageError(Exception):
-    """A problem with the command line or the input files, reported without a traceback."""
-
-
-# ====================================================================== char LM
-
-def _char_parser():
+def build_parser():
+    """The command line of ``demo``."""
     parser = argparse.ArgumentParser(
         prog="python -m rnnkern demo",
         description="Train a character-level LSTM language model and generate text "
@@ -91,7 +60,7 @@ def _char_parser():
                              "the Python standard library's own .py files, every tenth held out)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu: NumPy arrays, Numba kernels; cuda: CuPy arrays, CUDA kernels")
-    parser.add_argument("--steps", type=_positive_int, default=1000,
+    parser.add_argument("--steps", type=positive_int, default=1000,
                         help="training steps (chunks of batch-size x seq-len characters) "
                              "in this run (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and sampling seed")
@@ -102,46 +71,46 @@ def _char_parser():
                         help="continue from a checkpoint: its model, vocabulary, optimizer state "
                              "and data position (the size options below are then ignored)")
     size = parser.add_argument_group("model and training sizes")
-    size.add_argument("--hidden", type=_positive_int, default=256, help="LSTM units (256)")
-    size.add_argument("--layers", type=_positive_int, default=1, help="LSTM layers (1)")
-    size.add_argument("--embedding", type=_positive_int, default=32,
+    size.add_argument("--hidden", type=positive_int, default=256, help="LSTM units (256)")
+    size.add_argument("--layers", type=positive_int, default=1, help="LSTM layers (1)")
+    size.add_argument("--embedding", type=positive_int, default=32,
                       help="character vector size (32)")
-    size.add_argument("--batch-size", type=_positive_int, default=32,
+    size.add_argument("--batch-size", type=positive_int, default=32,
                       help="parallel text streams (32)")
-    size.add_argument("--seq-len", type=_positive_int, default=64,
+    size.add_argument("--seq-len", type=positive_int, default=64,
                       help="truncated-BPTT chunk length (64)")
-    size.add_argument("--lr", type=_nonnegative_float, default=3e-3,
+    size.add_argument("--lr", type=nonnegative_float, default=3e-3,
                       help="Adam learning rate (3e-3)")
-    size.add_argument("--clip", type=_nonnegative_float, default=1.0,
+    size.add_argument("--clip", type=nonnegative_float, default=1.0,
                       help="global gradient-norm clip (1.0)")
     output = parser.add_argument_group("output")
-    output.add_argument("--sample-every", type=_positive_int, metavar="N",
+    output.add_argument("--sample-every", type=positive_int, metavar="N",
                         help="print generated text every N steps (default: 4 times per run)")
-    output.add_argument("--sample-length", type=_positive_int, default=240,
+    output.add_argument("--sample-length", type=positive_int, default=240,
                         help="characters per sample (240)")
-    output.add_argument("--temperature", type=_nonnegative_float, default=0.7,
+    output.add_argument("--temperature", type=nonnegative_float, default=0.7,
                         help="sampling temperature (0.7; 0 = greedy)")
-    output.add_argument("--held-out-chars", type=_positive_int, default=HELD_OUT_CHARS,
+    output.add_argument("--held-out-chars", type=positive_int, default=HELD_OUT_CHARS,
                         help=f"held-out characters scored at the end ({HELD_OUT_CHARS:,})")
     return parser
 
 
-def run_char_lm(args) -> int:
+def run(args) -> int:
     """Train (or resume) the character model; see the module docstring."""
     started = time.perf_counter()
     train_text, held_out_text, corpus_name = (_text_file_corpus(args.text) if args.text
                                               else _stdlib_corpus())
     checkpoint_path = args.checkpoint or args.resume or DEFAULT_CHECKPOINT
-    _check_writable_directory(checkpoint_path)
+    check_writable_directory(checkpoint_path)
     if args.resume:
         saved = read_checkpoint(args.resume)
         config = saved.config
-        if config.get("task") != CHAR_TASK:
-            raise _UsageError(f"--resume {args.resume}: a checkpoint of "
-                              f"`demo {config.get('task', '?')}`, not of the character model")
+        if config.get("task") != TASK:
+            raise UsageError(f"--resume {args.resume}: a checkpoint of "
+                             f"`demo {config.get('task', '?')}`, not of the character model")
         progress = saved.progress
     else:
-        config = {"task": CHAR_TASK, "vocabulary": "".join(sorted(set(train_text + held_out_text))),
+        config = {"task": TASK, "vocabulary": "".join(sorted(set(train_text + held_out_text))),
                   "embedding": args.embedding, "hidden": args.hidden, "layers": args.layers,
                   "batch_size": args.batch_size, "seq_len": args.seq_len, "lr": args.lr,
                   "clip": args.clip, "seed": args.seed, "corpus": corpus_name}
@@ -150,8 +119,8 @@ def run_char_lm(args) -> int:
     train_ids = _encode(train_text, vocabulary, "training text")
     held_out_ids = _encode(held_out_text, vocabulary, "held-out text")[:args.held_out_chars]
     if len(held_out_ids) < 4:
-        raise _UsageError(f"--held-out-chars: expected at least 4 held-out characters, "
-                          f"got {len(held_out_ids)}")
+        raise UsageError(f"--held-out-chars: expected at least 4 held-out characters, "
+                         f"got {len(held_out_ids)}")
 
     model = _char_model(config, args.device, args.seed)
     optimizer = Adam(lr=config["lr"])
@@ -167,7 +136,7 @@ def run_char_lm(args) -> int:
           f"{config['batch_size']} streams x {config['seq_len']} steps per chunk, "
           f"Adam lr {config['lr']}, gradient norm clipped to {config['clip']}")
 
-    xp, device = _namespace_and_device(model)
+    xp, device = namespace_and_device(model)
     streams = batchify(xp.asarray(train_ids, device=device), config["batch_size"])
     rng = np.random.default_rng(args.seed)
     prompt = _prompt(vocabulary, corpus_name)
@@ -236,17 +205,17 @@ def _train_chars(model, optimizer, streams, config, progress, steps, sample_ever
 
 
 def _char_model(config, device, seed):
-    try:
+    """``Embedding -> LSTM -> Dense`` on ``device``."""
+    vocabulary_size = len(config["vocabulary"])
+
+    def build():
         return Sequential(
-            Embedding(len(config["vocabulary"]), config["embedding"], device=device, seed=seed),
-            layers.LSTM(config["embedding"], config["hidden"], config["layers"], device=device,
-                        seed=seed + 1),
-            Dense(config["hidden"], len(config["vocabulary"]), device=device, seed=seed + 2))
-    except (ImportError, RuntimeError, TypeError) as err:
-        if device == "cpu":
-            raise
-        raise _UsageError(f"--device {device}: could not place the model there ({err}); "
-                          f"it needs CuPy and a CUDA GPU") from None
+            Embedding(vocabulary_size, config["embedding"], device=device, seed=seed),
+            recurrent.LSTM(config["embedding"], config["hidden"], config["layers"],
+                           device=device, seed=seed + 1),
+            Dense(config["hidden"], vocabulary_size, device=device, seed=seed + 2))
+
+    return build_on_device(build, device)
 
 
 def _sample_text(model, vocabulary, prompt, args, rng):
@@ -267,8 +236,8 @@ def _stdlib_corpus():
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(stdlib.glob("*.py"))
     if len(files) < 2 * HELD_OUT_EVERY:
-        raise _UsageError(f"the standard library sources were not found under {stdlib}; "
-                          f"pass --text FILE")
+        raise UsageError(f"the standard library sources were not found under {stdlib}; "
+                         f"pass --text FILE")
     texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
     held_out = [t for k, t in enumerate(texts) if k % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
     train = [t for k, t in enumerate(texts) if k % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
@@ -282,10 +251,10 @@ def _text_file_corpus(path):
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError as err:
-        raise _UsageError(f"--text {path}: {err.strerror or err}") from None
+        raise UsageError(f"--text {path}: {err.strerror or err}") from None
     cut = int(len(text) * (1 - HELD_OUT_FRACTION))
     if cut < 200 or len(text) - cut < 100:
-        raise _UsageError(f"--text {path}: expected at least 1,000 characters, got {len(text):,}")
+        raise UsageError(f"--text {path}: expected at least 1,000 characters, got {len(text):,}")
     return text[:cut], text[cut:], f"{path}"
 
 
@@ -318,93 +287,6 @@ def _unigram_loss(train_ids, targets, vocabulary_size):
     return float(-np.mean(log_q[targets]))
 
 
-# ====================================================================== sine
-
-def _sine_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m rnnkern demo sine",
-        description="Many-to-one regression: predict the next value of a sine wave from the "
-                    "last 10 values (recurrent layer of 50 units, then Dense(1); MSE; Adam).")
-    parser.add_argument("--cell", choices=("rnn", "lstm", "gru"), default="rnn",
-                        help="recurrent layer (rnn, as in the classic Keras SimpleRNN example)")
-    parser.add_argument("--units", type=_positive_int, default=50, help="recurrent units (50)")
-    parser.add_argument("--window", type=_positive_int, default=10,
-                        help="input values per prediction (10)")
-    parser.add_argument("--steps", type=_positive_int, default=600,
-                        help="training steps of 32 windows (600)")
-    parser.add_argument("--lr", type=_nonnegative_float, default=3e-3,
-                        help="Adam learning rate (3e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order seed")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--checkpoint", metavar="PATH", help="save the trained model here")
-    return parser
-
-
-def run_sine(args) -> int:
-    r"""Fit the sine model; print its test MSE beside the naive forecast's.
-
-    The series is :math:`s_t = \sin(0.1\,t) + 0.5 \sin(0.031\,t)`, ``t = 0..2999``;
-    windows ``s[i:i+w] -> s[i+w]``, the first 80 % for training and the last
-    20 % (later in time) for testing.
-    """
-    started = time.perf_counter()
-    if args.checkpoint:
-        _check_writable_directory(args.checkpoint)
-    t = np.arange(3000)
-    series = (np.sin(0.1 * t) + 0.5 * np.sin(0.031 * t)).astype(np.float32)
-    w = args.window
-    windows = np.lib.stride_tricks.sliding_window_view(series[:-1], w)[..., None]   # (N, w, 1)
-    targets = series[w:, None]                                                       # (N, 1)
-    split = int(0.8 * len(targets))
-
-    recurrent = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}[args.cell]
-    try:
-        model = Sequential(recurrent(1, args.units, batch_first=True, device=args.device,
-                                     seed=args.seed),
-                           LastTimestep(batch_first=True),
-                           Dense(args.units, 1, device=args.device, seed=args.seed + 1))
-    except (ImportError, RuntimeError, TypeError) as err:
-        if args.device == "cpu":
-            raise
-        raise _UsageError(f"--device {args.device}: could not place the model there ({err}); "
-                          f"it needs CuPy and a CUDA GPU") from None
-    model.summary((None, w, 1), print_fn=print)
-    xp, device = _namespace_and_device(model)
-    train_x = xp.asarray(np.ascontiguousarray(windows[:split]), device=device)
-    train_y = xp.asarray(targets[:split], device=device)
-    test_x = xp.asarray(np.ascontiguousarray(windows[split:]), device=device)
-    test_y = xp.asarray(targets[split:], device=device)
-
-    optimizer, rng = Adam(lr=args.lr), np.random.default_rng(args.seed)
-    report_every = max(args.steps // 6, 1)
-    for step in range(1, args.steps + 1):
-        batch = xp.asarray(rng.integers(0, split, 32), device=device)
-        prediction, _, tape = model.forward(xp.take(train_x, batch, axis=0))
-        loss, dprediction = mean_squared_error(prediction, xp.take(train_y, batch, axis=0))
-        _, _, grads = model.backward(dprediction, tape)
-        grads, _ = clip_grad_norm(grads, 1.0)
-        optimizer.step(model.parameters(), grads)
-        if step % report_every == 0 or step == args.steps:
-            print(f"step {step:5d}   training MSE {float(loss):.6f}")
-
-    test_prediction, _, _ = model.forward(test_x)
-    test_mse = float(mean_squared_error(test_prediction, test_y)[0])
-    naive_mse = float(mean_squared_error(test_x[:, -1, :], test_y)[0])
-    print(f"\ntest MSE {test_mse:.6f} (RMSE {math.sqrt(test_mse):.4f}) on {len(targets) - split} "
-          f"windows")
-    print(f"naive 'repeat the last value' MSE {naive_mse:.6f} (RMSE {math.sqrt(naive_mse):.4f}): "
-          f"the model's error is {test_mse / naive_mse:.1%} of it")
-    if args.checkpoint:
-        save_checkpoint(args.checkpoint, model,
-                        config={"task": SINE_TASK, "cell": args.cell, "units": args.units,
-                                "window": w}, progress={"steps": args.steps})
-        print(f"checkpoint saved to {args.checkpoint}")
-    print(f"wall time {time.perf_counter() - started:.1f} s")
-    return 0
-
-
-# ====================================================================== helpers
-
 def _warm_up(model, inputs):
     """One forward and backward pass, so that JIT compilation (Numba, NVRTC) and
     library loading happen before the clock and the progress bar start."""
@@ -412,37 +294,5 @@ def _warm_up(model, inputs):
     model.backward(outputs * 0.0, tape)
 
 
-def _namespace_and_device(model):
-    """The array namespace and device of the model's parameters (where data must go)."""
-    first = next(iter(model.parameters().values()))
-    return array_api_compat.array_namespace(first), array_api_compat.device(first)
-
-
 def _backend_description(device):
     return "NumPy arrays, Numba kernels" if device == "cpu" else "CuPy arrays, CUDA kernels"
-
-
-def _check_writable_directory(path):
-    """Fail before training, not after, if the checkpoint cannot be written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise _UsageError(f"checkpoint {path}: the directory {directory} does not exist "
-                          f"or is not writable")
-
-
-def _nonnegative_float(text):
-    value = float(text)
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-if __name__ == "__main__":
-    sys.exit(main())
