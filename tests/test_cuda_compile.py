@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from rnnkern.cuda_modules import KERNEL_SOURCES, compile_options, module_code
+from rnnkern.backends.cuda.modules import KERNEL_SOURCES, compile_options, module_code
 
 
 def _nvrtc():
@@ -67,21 +67,38 @@ def test_every_instantiation_compiles(source, arch):
         assert nvrtc.getCUBIN(program)
 
 
+def kernel_ptx(source):
+    """{name expression: the PTX of its entry} for every kernel of ``source`` (compute_90)."""
+    with compiled_program(source, "compute_90") as (nvrtc, program):
+        ptx = nvrtc.getPTX(program)
+        ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+        bodies = {}
+        for name in KERNEL_SOURCES[source]:
+            entry = re.escape(nvrtc.getLoweredName(program, name))
+            body = re.search(rf"\.entry {entry}\(.*?\n}}\n", ptx, re.S)
+            assert body is not None, name
+            bodies[name] = body.group(0)
+        return bodies
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("source", sorted(KERNEL_SOURCES))
 def test_float_kernels_do_no_double_arithmetic(source):
     """A float kernel that calls a double function (exp instead of expf)
     silently runs at FP64 speed; its PTX would contain .f64 instructions."""
-    with compiled_program(source, "compute_90") as (nvrtc, program):
-        ptx = nvrtc.getPTX(program)
-        ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
-        for name in KERNEL_SOURCES[source]:
-            if "<float" not in name:
-                continue
-            entry = re.escape(nvrtc.getLoweredName(program, name))
-            body = re.search(rf"\.entry {entry}\(.*?\n}}\n", ptx, re.S)
-            assert body is not None, name
-            assert ".f64" not in body.group(0), f"{name} does double-precision arithmetic"
+    for name, body in kernel_ptx(source).items():
+        if "<float" in name:
+            assert ".f64" not in body, f"{name} does double-precision arithmetic"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("source", sorted(KERNEL_SOURCES))
+def test_kernels_keep_their_arrays_in_registers(source):
+    """The step driver's per-element arrays (gates, states, saved values) are
+    indexed by unrolled loops only; an index the compiler cannot fold would
+    put them in local memory (a .local frame in the PTX) and slow every step."""
+    for name, body in kernel_ptx(source).items():
+        assert ".local" not in body, f"{name} uses local memory"
 
 
 def test_name_expressions_are_unique():

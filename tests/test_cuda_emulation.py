@@ -1,9 +1,10 @@
 """The CUDA path without a GPU: the .cu kernels built by g++ and run on NumPy.
 
-``rnnkern.cuda_emulation`` compiles kernels/*.cu against the host shim and
-runs them through the CuPy backend's own orchestration (time loop, GEMMs,
-buffers), so these tests check the kernels AND the code that drives them,
-against torch, the NumPy path and the array-API cell steps.
+``rnnkern.backends.cuda.emulation`` compiles kernels/cuda (the step kernels
+and every cell header) against the host shim and runs them through the CUDA
+backend's own orchestration (time loop, GEMMs, buffers), so these tests check
+the kernels AND the code that drives them, against the oracles, the NumPy
+path and the array-API cell steps.
 """
 
 import os
@@ -15,13 +16,15 @@ import sys
 import numpy as np
 import pytest
 
-import rnnkern as rk
-import rnnkern.layers
-from cuda_parity import (LAYER_CASES, LAYERS, STEP_LAUNCHES, STEP_SHAPES, assert_results_close,
-                         check_layer_parity, check_step_kernels, run_layer)
-from rnnkern import cuda_modules
-from rnnkern.cuda_emulation import EmulatedLauncher, build_library, emulated_backend
-from rnnkern.cuda_modules import CudaKernelError, kernel_name
+import rnnkern.recurrent
+from conftest import make_layer
+from cuda_parity import (LAYER_CASES, STEP_LAUNCHES, STEP_SHAPES, assert_results_close,
+                         check_layer_parity, check_step_kernels, run_layer, to_numpy)
+from rnnkern.backends.cuda import modules
+from rnnkern.backends.cuda.driver import forward_step_arguments
+from rnnkern.backends.cuda.emulation import EmulatedLauncher, build_library, emulated_backend
+from rnnkern.backends.cuda.modules import CudaKernelError, kernel_name
+from rnnkern.cells import cell_for
 
 _CXX = shlex.split(os.environ.get("CXX", "g++"))[0]
 pytestmark = [
@@ -36,47 +39,70 @@ def launcher():
     return EmulatedLauncher()
 
 
+@pytest.fixture
+def emulated(monkeypatch):
+    """The layers run on the emulated CUDA backend while this fixture is active."""
+    monkeypatch.setattr(rnnkern.recurrent, "backend_for", lambda xp: emulated_backend())
+
+
 @pytest.mark.parametrize("launch", STEP_LAUNCHES, ids=["backend-launch", "grid2x32"])
 @pytest.mark.parametrize("B,H", STEP_SHAPES, ids=[f"B{b}H{h}" for b, h in STEP_SHAPES])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_step_kernels_match_cell_equations(launcher, cell, dtype, B, H, launch):
     check_step_kernels(launcher, cell, dtype, B, H, launch)
 
 
 @pytest.mark.parametrize("cfg", LAYER_CASES)
-def test_layer_matches_torch_and_numpy_path(cfg, monkeypatch):
+def test_layer_matches_oracle_and_numpy_path(cfg, monkeypatch):
     def run_emulated(layer, x, state, lengths, dy, dstate):
         with monkeypatch.context() as patch:
-            patch.setattr(rnnkern.layers, "backend_for", lambda xp: emulated_backend())
+            patch.setattr(rnnkern.recurrent, "backend_for", lambda xp: emulated_backend())
             return run_layer(layer, x, state, lengths, dy, dstate)
     check_layer_parity(cfg, run_emulated)
 
 
-@pytest.mark.parametrize("cell", sorted(LAYERS))
 def test_unbatched_input_matches_numpy_path(cell, monkeypatch):
-    name, extra = LAYERS[cell]
-    layer = getattr(rk, name)(3, 6, 2, bidirectional=True, dtype="float64", seed=5, **extra)
+    layer = make_layer(cell, 3, 6, 2, bidirectional=True, dtype="float64", seed=5)
     x = np.random.default_rng(5).standard_normal((7, 3))
     expected = run_layer(layer, x, None, None, np.ones((7, 12)), None)
-    monkeypatch.setattr(rnnkern.layers, "backend_for", lambda xp: emulated_backend())
+    monkeypatch.setattr(rnnkern.recurrent, "backend_for", lambda xp: emulated_backend())
     ours = run_layer(layer, x, None, None, np.ones((7, 12)), None)
     assert ours["dx"].shape == x.shape
     assert_results_close(ours, expected, "float64", "the NumPy path")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_inference_matches_forward(cell, bidirectional, emulated):
+    """``layer(x)`` keeps no tape (two state slots, one saved step): same y and state."""
+    rng = np.random.default_rng(3)
+    layer = make_layer(cell, 3, 5, 2, bidirectional=bidirectional, dtype="float64", seed=3)
+    x = rng.standard_normal((6, 4, 3))
+    lengths = [6, 2, 5, 1]
+    y, state, _ = layer.forward(x, lengths=lengths)
+    y_inference, state_inference = layer(x, lengths=lengths)
+    np.testing.assert_array_equal(to_numpy(y_inference), to_numpy(y))
+    pairs = zip(state_inference if cell.num_states > 1 else [state_inference],
+                state if cell.num_states > 1 else [state], strict=True)
+    for a, b in pairs:
+        np.testing.assert_array_equal(a, b)
 
 
 # ---------------------------------------------------------------------------
 # The emulator's own checks: what a GPU would get wrong silently.
 # ---------------------------------------------------------------------------
 
+ELMAN = cell_for("rnn_tanh")
+LSTM = cell_for("lstm")
+
+
 def _rnn_forward_args(B=2, H=3, dtype=np.float64):
-    """Valid arguments of rnn_forward_step in parameter order."""
+    """Valid arguments of the Elman forward step kernel in parameter order."""
     z = np.zeros((B, H), dtype)
-    return [z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), np.zeros(H, dtype), z.copy(),
-            np.full(B, 4, np.int32), np.int32(0), np.int32(B), np.int32(H)]
+    return forward_step_arguments([z.copy()], z.copy(), [z.copy()], z.copy(), z.copy(),
+                                  np.zeros(H, dtype), [z.copy()], np.full(B, 4, np.int32), 0, B, H)
 
 
-RNN_FORWARD = kernel_name("rnn_tanh", "forward", "float64")
+RNN_FORWARD = kernel_name(ELMAN, "forward", "float64")
 LAUNCH = ((1,), (32,))
 
 
@@ -88,9 +114,16 @@ def test_valid_arguments_run(launcher):
     (9, 2, "exactly typed NumPy scalar"),                   # a Python int for `int batch`
     (9, np.int64(2), "parameter is i4"),                    # wrong width
     (7, np.full(2, 4, np.int64), "parameter is const i4*"), # int64 lengths for const int*
-    (0, np.zeros((2, 3), np.float32), "parameter is f8*"),  # float32 array for double*
-    (0, np.zeros((3, 2)).T, "not C-contiguous"),
-], ids=["python-int", "int64-scalar", "int64-lengths", "float32-array", "non-contiguous"])
+    (1, np.zeros((2, 3), np.float32), "parameter is f8*"),  # float32 array for double* y_t
+    (1, np.zeros((3, 2)).T, "not C-contiguous"),
+    (0, (np.zeros((2, 3), np.float32),), r"parameter is f8\*\[1\]"),   # float32 in a group
+    (0, (np.zeros((2, 3)), np.zeros((2, 3))), r"parameter is f8\*\[1\]"),  # 2 arrays for 1
+    (0, np.zeros((2, 3)), r"parameter is f8\*\[1\]"),       # an array for a group
+    (6, (np.zeros((3, 2)).T,), r"argument 6\[0\].*not C-contiguous"),
+    (2, (), "empty group"),
+], ids=["python-int", "int64-scalar", "int64-lengths", "float32-array", "non-contiguous",
+        "float32-in-group", "group-too-long", "array-for-group", "non-contiguous-in-group",
+        "empty-group"])
 def test_badly_typed_arguments_are_refused(launcher, position, bad, message):
     args = _rnn_forward_args()
     args[position] = bad
@@ -100,14 +133,24 @@ def test_badly_typed_arguments_are_refused(launcher, position, bad, message):
 
 def test_overlapping_output_is_refused(launcher):
     args = _rnn_forward_args()
-    args[1] = args[0]                     # y_t aliases h_next: __restrict__ broken
+    args[1] = args[0][0]                  # y_t aliases the new h: distinct arrays broken
     with pytest.raises(CudaKernelError, match="overlaps"):
         launcher.launch(RNN_FORWARD, *LAUNCH, args)
 
 
+def test_overlapping_group_members_are_refused(launcher):
+    B, H = 2, 3
+    h, c = np.zeros((B, H)), np.zeros((B, H))
+    args = forward_step_arguments([h, h], np.zeros((B, H)), [np.zeros((B, 4 * H))],
+                                  np.zeros((B, 4 * H)), np.zeros((B, 4 * H)), np.zeros(4 * H),
+                                  [c.copy(), c.copy()], np.full(B, 4, np.int32), 0, B, H)
+    with pytest.raises(CudaKernelError, match=r"output argument 0\[0\] overlaps argument 0\[1\]"):
+        launcher.launch(kernel_name(LSTM, "forward", "float64"), *LAUNCH, args)
+
+
 def test_out_of_bounds_write_is_caught(launcher):
     args = _rnn_forward_args()
-    args[0] = np.zeros((2, 2))            # h_next one row of H short
+    args[0] = (np.zeros((2, 2)),)         # the new h one row of H short
     with pytest.raises(CudaKernelError, match="outside argument 0"):
         launcher.launch(RNN_FORWARD, *LAUNCH, args)
 
@@ -119,49 +162,68 @@ def test_bad_launch_configuration_is_refused(launcher, grid, block):
 
 
 def test_unknown_kernel_is_named(launcher):
-    with pytest.raises(CudaKernelError, match="lstm_forward_step<half>"):
-        launcher.launch("lstm_forward_step<half>", *LAUNCH, [])
+    with pytest.raises(CudaKernelError, match="rnn_forward_step<half, LstmCell>"):
+        launcher.launch("rnn_forward_step<half, LstmCell>", *LAUNCH, [])
 
 
 def _copy_kernels(tmp_path):
     folder = tmp_path / "kernels"
-    shutil.copytree(cuda_modules.kernels_dir(), folder, ignore=shutil.ignore_patterns("*.py",
-                                                                                      "__pycache__"))
+    shutil.copytree(modules.kernels_dir(), folder, ignore=shutil.ignore_patterns("*.py",
+                                                                                 "__pycache__"))
     return folder
 
 
 def test_compile_error_names_kernel_and_options(tmp_path, monkeypatch):
     folder = _copy_kernels(tmp_path)
-    source = folder / "rnn_cells.cu"
-    source.write_text(source.read_text().replace("const T h = Activation::forward",
+    header = folder / "cells" / "elman.cuh"
+    header.write_text(header.read_text().replace("const T h = Activation::forward",
                                                  "const T h = Activation::forwardd"))
-    monkeypatch.setattr(cuda_modules, "kernels_dir", lambda: folder)
+    monkeypatch.setattr(modules, "kernels_dir", lambda: folder)
     monkeypatch.setenv("RNNKERN_CACHE_DIR", str(tmp_path / "cache"))
-    name = kernel_name("rnn_relu", "forward", "float32")
+    name = kernel_name(cell_for("rnn_relu"), "forward", "float32")
     with pytest.raises(CudaKernelError) as raised:
-        build_library("rnn_cells.cu", name)
+        build_library("step_kernels.cu", name)
     message = str(raised.value)
     assert name in message and "-std=c++17" in message and f"-I{folder}" in message
     assert "forwardd" in message                                 # the compiler's own words
 
 
-def test_edited_header_changes_the_module_code(tmp_path, monkeypatch):
+@pytest.mark.parametrize("header", ["activations.cuh", "cell.cuh", "cells/lstm.cuh"])
+def test_edited_header_changes_the_module_code(tmp_path, monkeypatch, header):
     """CuPy's disk cache keys on the code string: a header edit must change it."""
     folder = _copy_kernels(tmp_path)
-    monkeypatch.setattr(cuda_modules, "kernels_dir", lambda: folder)
-    before = cuda_modules.module_code("rnn_cells.cu")
-    header = folder / "activations.cuh"
-    header.write_text(header.read_text() + "\n// edited\n")
-    assert cuda_modules.module_code("rnn_cells.cu") != before
+    monkeypatch.setattr(modules, "kernels_dir", lambda: folder)
+    before = modules.module_code("step_kernels.cu")
+    path = folder / header
+    path.write_text(path.read_text() + "\n// edited\n")
+    assert modules.module_code("step_kernels.cu") != before
+
+
+def test_new_cell_header_is_compiled_in(tmp_path, monkeypatch):
+    """Every header of cells/ is part of the module: a new cell needs no include line."""
+    folder = _copy_kernels(tmp_path)
+    monkeypatch.setattr(modules, "kernels_dir", lambda: folder)
+    (folder / "cells" / "zz_new.cuh").write_text("#pragma once\n")
+    assert '#include "cells/zz_new.cuh"' in modules.module_code("step_kernels.cu")
 
 
 def test_every_name_expression_is_exported(launcher):
-    for names in cuda_modules.KERNEL_SOURCES.values():
+    for names in modules.KERNEL_SOURCES.values():
         for name in names:
-            assert launcher._kernel(name).name == name
+            assert launcher.kernel(name).name == name
+
+
+def test_kernel_groups_match_the_registry(launcher, cell):
+    """The cell header's counts (states, saved arrays, step gradients) are the registry's."""
+    def group_sizes(step):
+        parameters = launcher.kernel(kernel_name(cell, step, "float64")).parameters
+        return [p.count for p in parameters if p.count is not None]
+    states, saved, gradients = len(cell.state_names), len(cell.saved), len(cell.step_gradients)
+    assert group_sizes("forward") == [states, saved, states]
+    assert group_sizes("backward") == [gradients, states, states, saved, states]
 
 
 def test_importing_the_cuda_modules_does_not_import_cupy():
-    code = ("import sys, rnnkern.cuda_emulation, rnnkern.backends.cupy_backend; "
+    code = ("import sys, rnnkern.backends.cuda.emulation, rnnkern.backends.cuda; "
             "assert 'cupy' not in sys.modules, 'cupy imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,13 +3,14 @@
 Marked ``gpu`` and skipped, never failed, where CuPy or a CUDA device is
 missing.  The same check bodies as tests/test_cuda_emulation.py
 (tests/cuda_parity.py), here on CuPy: layers moved with ``.to("cuda")``
-against torch and the NumPy path, and every step kernel against
-``rnnkern.cells``.  Run them with ``python -m pytest -m gpu -s`` (``-s``
+against each cell's oracle and the NumPy path, and every step kernel
+against ``rnnkern.cells``.  Run them with ``python -m pytest -m gpu -s`` (``-s``
 shows the measured compile times).
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,11 +19,12 @@ import numpy as np
 import pytest
 
 import rnnkern as rk
-from conftest import cuda_device_count
 from cuda_parity import (LAYER_CASES, STEP_LAUNCHES, STEP_SHAPES, check_layer_parity,
                          check_step_kernels, run_layer)
-from rnnkern import cuda_modules
-from rnnkern.cuda_modules import CudaKernelError, kernel_name
+from rnnkern.backends.cuda import modules
+from rnnkern.backends.cuda.modules import CudaKernelError, kernel_name
+from rnnkern.cells import cell_for
+from rnnkern.devices import cuda_device_count
 
 
 DEVICES = cuda_device_count()
@@ -52,7 +54,7 @@ _LENGTHS_FORMS = ["list", "numpy", "cupy"]
 
 
 @pytest.mark.parametrize("cfg", LAYER_CASES)
-def test_layer_matches_torch_and_numpy_path(cp, cfg):
+def test_layer_matches_oracle_and_numpy_path(cp, cfg):
     def run_on_gpu(layer, x, state, lengths, dy, dstate):
         layer.to("cuda")
         inputs = [_to_gpu(cp, a) for a in (x, state, dy, dstate)]
@@ -71,11 +73,10 @@ def test_layer_matches_torch_and_numpy_path(cp, cfg):
 @pytest.mark.parametrize("launch", STEP_LAUNCHES, ids=["backend-launch", "grid2x32"])
 @pytest.mark.parametrize("B,H", STEP_SHAPES, ids=[f"B{b}H{h}" for b, h in STEP_SHAPES])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
-def test_step_kernels_match_cell_equations(cell, dtype, B, H, launch):
-    from rnnkern.backends.cupy_backend import _cupy_launcher
+def test_step_kernels_match_cell_equations(cp, cell, dtype, B, H, launch):
+    from rnnkern.backends.cuda import cupy_launcher
 
-    check_step_kernels(_cupy_launcher(), cell, dtype, B, H, launch)
+    check_step_kernels(cupy_launcher(), cell, dtype, B, H, launch)
 
 
 def test_mixed_numpy_and_cupy_arguments_raise_type_error(cp):
@@ -112,25 +113,23 @@ def test_lengths_forms_agree(cp):
 
 @pytest.fixture
 def fresh_module_cache():
-    cuda_modules._raw_module.cache_clear()
-    cuda_modules._kernel_on_device.cache_clear()
+    """No compiled module of another test: get_kernel compiles again."""
+    modules.clear_kernel_cache()
     yield
-    cuda_modules._raw_module.cache_clear()
-    cuda_modules._kernel_on_device.cache_clear()
+    modules.clear_kernel_cache()
 
 
 def test_compile_error_names_kernel_and_options(tmp_path, monkeypatch, fresh_module_cache):
     folder = tmp_path / "kernels"
-    folder.mkdir()
-    for path in cuda_modules.kernels_dir().glob("*.cu*"):
-        (folder / path.name).write_text(path.read_text())
-    source = folder / "rnn_cells.cu"
-    source.write_text(source.read_text().replace("const T c = f * c_prev[e]",
-                                                 "const T c = f * c_previous[e]"))
-    monkeypatch.setattr(cuda_modules, "kernels_dir", lambda: folder)
-    name = kernel_name("lstm", "forward", "float32")
+    shutil.copytree(modules.kernels_dir(), folder, ignore=shutil.ignore_patterns("*.py",
+                                                                                 "__pycache__"))
+    header = folder / "cells" / "lstm.cuh"
+    header.write_text(header.read_text().replace("const T c = f * state[1]",
+                                                 "const T c = f * c_previous"))
+    monkeypatch.setattr(modules, "kernels_dir", lambda: folder)
+    name = kernel_name(cell_for("lstm"), "forward", "float32")
     with pytest.raises(CudaKernelError) as raised:
-        cuda_modules.get_kernel(name)
+        modules.get_kernel(name)
     message = str(raised.value)
     assert name in message and "-std=c++17" in message and f"-I{folder}" in message
 

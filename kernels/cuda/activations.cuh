@@ -1,7 +1,7 @@
-// Device activations and their derivatives, shared by every CUDA kernel.
+// Device activations and their derivatives, shared by every cell header.
 //
 // Plain CUDA C++ with no includes: NVRTC provides expf/exp/tanhf/tanh as
-// built-ins, and the host emulation (cuda_host_shim.h) provides them from
+// built-ins, and the host emulation (host_shim.h) provides them from
 // <cmath>.  Derivatives are written in terms of the activation's OUTPUT,
 // which is what the forward pass saves:
 //
@@ -45,8 +45,8 @@ __device__ __forceinline__ T d_tanh_from_output(T y) {
     return T(1) - y * y;
 }
 
-// The Elman RNN's nonlinearity as a compile-time choice:
-// rnn_forward_step<float, TanhActivation> or <float, ReluActivation>.
+// The Elman RNN's nonlinearity as a compile-time choice (cells/elman.cuh):
+// ElmanCell<TanhActivation> or ElmanCell<ReluActivation>.
 //   forward(a)                    the activation
 //   backward(dy, y)               dy * act'(a), from the output y = act(a)
 struct TanhActivation {

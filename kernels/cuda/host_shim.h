@@ -1,13 +1,16 @@
 // Host emulation of the CUDA C++ our kernels use, so that g++ can compile
-// the very same .cu sources for the CPU (rnnkern/cuda_emulation.py builds
-// them into a shared library and calls it through ctypes on NumPy arrays).
+// the very same .cu sources for the CPU (rnnkern/backends/cuda/emulation.py
+// builds them into a shared library and calls it through ctypes on NumPy
+// arrays).
 //
 // What it provides:
 //   - __global__ / __device__ / __host__ become nothing, __forceinline__ inline;
 //   - threadIdx, blockIdx, blockDim, gridDim are thread_local variables;
-//   - expf, tanhf, exp, tanh come from <cmath>;
+//   - expf, tanhf, exp, tanh come from <cmath>; __ldg is a plain load;
 //   - cuda_host_emulation::launch runs the whole grid, block after block and
-//     thread after thread, on the calling OS thread.
+//     thread after thread, on the calling OS thread;
+//   - the parameter types of each kernel as text, so that the Python side can
+//     check every argument before a launch.
 //
 // The kernels are pointwise (one thread per element, no cooperation), so a
 // plain loop over the grid is a faithful schedule.  There is deliberately no
@@ -37,6 +40,12 @@ struct uint3 {
 struct dim3 {
     unsigned int x, y, z;
 };
+
+// A read-only load through the non-coherent cache is, on the host, a load.
+template <typename T>
+inline T __ldg(const T* p) {
+    return *p;
+}
 
 inline thread_local uint3 threadIdx;
 inline thread_local uint3 blockIdx;
@@ -77,10 +86,25 @@ std::string scalar_code() {
     return kind + std::to_string(sizeof(S));
 }
 
-// "f4" for a float parameter, "f4*" for float*, "const f4*" for const float*.
+// Whether P is a group of pointers passed by value, such as the step
+// kernels' StepArrays<T, N>: a struct with a member type `pointer` (T*) and a
+// constant `count` (N), laid out as an array of N pointers.
+template <typename P, typename = void>
+struct is_pointer_group : std::false_type {};
+
+template <typename P>
+struct is_pointer_group<P, std::void_t<typename P::pointer, decltype(P::count)>>
+    : std::true_type {};
+
+// "f4" for a float parameter, "f4*" for float*, "const f4*" for const float*,
+// "f4*[2]" for a group of two float* (StepArrays<float, 2>).
 template <typename P>
 std::string parameter_code() {
-    if constexpr (std::is_pointer_v<P>) {
+    if constexpr (is_pointer_group<P>::value) {
+        static_assert(sizeof(P) == P::count * sizeof(typename P::pointer),
+                      "a pointer group must be laid out as an array of pointers");
+        return parameter_code<typename P::pointer>() + "[" + std::to_string(P::count) + "]";
+    } else if constexpr (std::is_pointer_v<P>) {
         using Pointee = std::remove_pointer_t<P>;
         return (std::is_const_v<Pointee> ? "const " : "") +
                scalar_code<std::remove_cv_t<Pointee>>() + "*";

@@ -1,32 +1,63 @@
-// Fused pointwise step kernels of the recurrent cells: one forward and one
-// backward kernel per cell, templated on the scalar type T (float, double).
+// The fused pointwise step kernels, written once for every cell:
+// rnn_forward_step<T, Cell> and rnn_backward_step<T, Cell>, with T the scalar
+// type (float, double) and Cell the struct of a cell header (cells/*.cuh,
+// contract in cell.cuh), named by rnnkern.cells.Cell.kernels["cuda"].
 //
-// The math is exactly that of rnnkern/cells.py (see its module docstring).
 // Per step the host runs the GEMMs (cuBLAS) and ONE of these kernels:
 //
 //   forward   gh = h_{t-1} W_hh^T                       (GEMM)
-//             *_forward_step: bias b_hh, gates, state update, length mask,
-//             and saves what BPTT needs (activated gates; GRU: gh_n + b_hn)
-//   backward  *_backward_step: gradients of the pre-activations (dgx, dgh),
-//             the part of dh_{t-1} that does not pass through W_hh, dc_{t-1}
+//             rnn_forward_step: the cell's forward (b_hh, gates, new states,
+//             what BPTT keeps), the length mask, y_t = h_t
+//   backward  rnn_backward_step: dh_t = dh_direct + dh_recurrent (+ dy_t), the
+//             cell's backward (dgx, dgh, the direct part of the gradients of
+//             the states entering the step), the length mask
 //             dh_recurrent = dgh_t W_hh                  (GEMM, read next step)
 //
 // So the gradient reaching h_t arrives in two parts, dh_direct (carried) and
 // dh_recurrent (= dgh_{t+1} W_hh, from the GEMM); the backward kernel adds
-// them (and dy_t) itself, which saves a separate add per step.
+// them (and dy_t) itself, which saves a separate add per step.  The other
+// states (LSTM's c) have no W_hh part: their carried gradient is all of it.
 //
 // Variable lengths: row b is active at time t iff t < lengths[b].  An
-// inactive forward step keeps the state and writes y_t = 0; an inactive
-// backward step passes dh and dc through unchanged, ignores dy_t and writes
-// zero gate gradients.
+// inactive forward step keeps the states, writes y_t = 0 and zero saved
+// rows; an inactive backward step passes every carried gradient through
+// unchanged (dh: dh_direct + dh_recurrent), ignores dy_t and writes zero
+// gate gradients.  The cells never see the mask.
+//
+// A cell's states, saved arrays and gate gradients are arrays of a count
+// fixed by the cell (Cell::num_states, Cell::Saved::count,
+// Cell::num_step_gradients): each group is ONE parameter, a StepArrays<T, N>
+// struct of N pointers passed by value.  The host derives the groups from the
+// cell's registry entry (Cell.state_names, Cell.saved, Cell.step_gradients)
+// and passes exactly N arrays, in registry order; nothing is left unused.
 //
 // Launch: one thread per (b, j) element of the (B, H) state, any grid, with a
 // grid-stride loop; offsets in 64 bits.  All arrays are C-contiguous, and the
-// per-time-step pointers (gx_t, gates_t, ...) are already offset to step t.
-// Argument order: outputs, then const __restrict__ inputs, then sizes.
-#include "activations.cuh"
+// per-time-step pointers (gx_t, saved_t, ...) are already offset to step t.
+// Argument order: outputs, then inputs, then sizes.
+#include "cell.cuh"
 
 using index_t = long long;
+
+// N arrays of one step in one kernel parameter, passed by value: at[k] is
+// array k (C-contiguous, all distinct).  The host passes the N device
+// addresses as the bytes of the struct (CuPy: a size-1 NumPy array of N
+// uintp; the host emulation: a ctypes array of N pointers).
+template <typename T, int N>
+struct StepArrays {
+    using pointer = T*;                  // the host shim reads these two
+    static constexpr int count = N;
+    T* at[N];
+};
+
+// A read-only load through the non-coherent (texture) cache: what the
+// compiler does by itself for the const __restrict__ pointer parameters, done
+// explicitly for the const members of a StepArrays group, which no pointer
+// of the kernel writes (all arrays are distinct).
+template <typename T>
+__device__ __forceinline__ T read_only(const T* p) {
+    return __ldg(p);
+}
 
 // Calls body(e, b, j) for each element e = b * H + j of the (B, H) state
 // that this thread owns: a grid-stride loop, so any grid covers them all.
@@ -41,224 +72,110 @@ __device__ __forceinline__ void for_each_state_element(int batch, int hidden, Bo
     }
 }
 
-// ---------------------------------------------------------------------------
-// Elman RNN: h_t = act(gx + gh + b_hh), act = Activation (Tanh or Relu).
-// ---------------------------------------------------------------------------
-
-template <typename T, typename Activation>
+template <typename T, typename Cell>
 __global__ void rnn_forward_step(
-    T* __restrict__ h_next,            // [B, H]  state after step t
-    T* __restrict__ y_t,               // [B, H]  output of step t (0 where inactive)
-    T* __restrict__ gates_t,           // [B, H]  act(a), saved for BPTT
-    const T* __restrict__ gx_t,        // [B, H]  x_t W_ih^T + b_ih
-    const T* __restrict__ gh,          // [B, H]  h_{t-1} W_hh^T (no bias)
-    const T* __restrict__ b_hh,        // [H]
-    const T* __restrict__ h_prev,      // [B, H]  state before step t
-    const int* __restrict__ lengths,   // [B]
+    StepArrays<T, Cell::num_states> state_next,       // S x [B, H]   states after step t
+    T* __restrict__ y_t,                              // [B, H]       h_t (0 where inactive)
+    StepArrays<T, Cell::Saved::count> saved_t,        // [B, w_s*H] per saved array s: kept
+                                                      //   for BPTT (0 where inactive)
+    const T* __restrict__ gx_t,                       // [B, G*H]     x_t W_ih^T + b_ih
+    const T* __restrict__ gh,                         // [B, G*H]     h_{t-1} W_hh^T (no bias)
+    const T* __restrict__ b_hh,                       // [G*H]
+    StepArrays<const T, Cell::num_states> state_prev, // S x [B, H]   states entering step t
+    const int* __restrict__ lengths,                  // [B]
     int t, int batch, int hidden)
 {
+    constexpr int G = Cell::num_gates, S = Cell::num_states;
+    using Saved = typename Cell::Saved;
+    const index_t H = hidden;
     for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
-        // h = act(gx + gh + b_hh)
-        const T h = Activation::forward(gx_t[e] + gh[e] + b_hh[j]);
-        gates_t[e] = h;
+        T gx[G], gh_b[G], bias[G], state[S], state_new[S], saved[Saved::total];
+#pragma unroll
+        for (int k = 0; k < G; ++k) {
+            const index_t at = (b * G + k) * H + j;          // gate k of row b
+            gx[k] = gx_t[at];
+            gh_b[k] = gh[at];
+            bias[k] = b_hh[k * H + j];
+        }
+#pragma unroll
+        for (int s = 0; s < S; ++s) state[s] = read_only(state_prev.at[s] + e);
+
+        Cell::forward(state_new, saved, gx, gh_b, bias, state);
+
         const bool active = t < lengths[b];
-        h_next[e] = active ? h : h_prev[e];
-        y_t[e] = active ? h : T(0);
+#pragma unroll
+        for (int s = 0; s < S; ++s) state_next.at[s][e] = active ? state_new[s] : state[s];
+        y_t[e] = active ? state_new[0] : T(0);
+#pragma unroll
+        for (int s = 0; s < Saved::count; ++s) {
+            const int width = Saved::width(s);
+            T* row = saved_t.at[s] + b * width * H + j;      // row b of saved array s
+#pragma unroll
+            for (int m = 0; m < width; ++m)
+                row[m * H] = active ? saved[Saved::offset(s) + m] : T(0);
+        }
     });
 }
 
-template <typename T, typename Activation>
+template <typename T, typename Cell>
 __global__ void rnn_backward_step(
-    T* __restrict__ dgx_t,             // [B, H]  d loss / d a  (a = gx + gh + b_hh), = dgh_t
-    T* __restrict__ dh_prev_direct,    // [B, H]  d h_{t-1}, part not through W_hh
-    const T* __restrict__ dy_t,        // [B, H]
-    const T* __restrict__ dh_direct,   // [B, H]  d h_t, part not through W_hh
-    const T* __restrict__ dh_recurrent,// [B, H]  d h_t through W_hh: dgh_{t+1} W_hh
-    const T* __restrict__ gates_t,     // [B, H]  h = act(a) of the forward step
-    const int* __restrict__ lengths,   // [B]
+    StepArrays<T, Cell::num_step_gradients> dgates_t, // D x [B, G*H] d gx_t, then d gh_t if
+                                                      //   written apart (0 where inactive)
+    StepArrays<T, Cell::num_states> dstate_prev,      // S x [B, H]   d states entering step t
+                                                      //   (dh: the part not through W_hh)
+    const T* __restrict__ dy_t,                       // [B, H]
+    const T* __restrict__ dh_recurrent,               // [B, H]       d h_t through W_hh:
+                                                      //   dgh_{t+1} W_hh
+    StepArrays<const T, Cell::num_states> dstate,     // S x [B, H]   d states after step t
+                                                      //   (dh: the part not through W_hh)
+    StepArrays<const T, Cell::Saved::count> saved_t,  // [B, w_s*H] per saved array s, as the
+                                                      //   forward step kept it
+    StepArrays<const T, Cell::num_states> state_prev, // S x [B, H]   states entering step t
+    const int* __restrict__ lengths,                  // [B]
     int t, int batch, int hidden)
 {
-    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t) {
-        const T dh_carried = dh_direct[e] + dh_recurrent[e];
+    constexpr int G = Cell::num_gates, S = Cell::num_states, D = Cell::num_step_gradients;
+    using Saved = typename Cell::Saved;
+    const index_t H = hidden;
+    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
+        // the gradients carried to step t; dh_t = dh_direct + dh_recurrent
+        T carried[S];
+        carried[0] = read_only(dstate.at[0] + e) + dh_recurrent[e];
+#pragma unroll
+        for (int s = 1; s < S; ++s) carried[s] = read_only(dstate.at[s] + e);
+
         if (t < lengths[b]) {
-            // da = dh act'(a), with dh = dh_carried + dy_t; h_{t-1} reaches
-            // h_t only through W_hh, so the direct part is 0.
-            dgx_t[e] = Activation::backward(dh_carried + dy_t[e], gates_t[e]);
-            dh_prev_direct[e] = T(0);
-        } else {
-            dgx_t[e] = T(0);
-            dh_prev_direct[e] = dh_carried;
-        }
-    });
-}
-
-// ---------------------------------------------------------------------------
-// LSTM (gate order i, f, g, o; each gate is a block of H columns):
-//   i, f, g, o = sig, sig, tanh, sig of (gx + gh + b_hh)
-//   c_t = f c_{t-1} + i g ;  h_t = o tanh(c_t)
-// ---------------------------------------------------------------------------
-
-template <typename T>
-__global__ void lstm_forward_step(
-    T* __restrict__ h_next,            // [B, H]   state after step t
-    T* __restrict__ c_next,            // [B, H]
-    T* __restrict__ y_t,               // [B, H]   output of step t (0 where inactive)
-    T* __restrict__ gates_t,           // [B, 4H]  i, f, g, o (activated), saved for BPTT
-    const T* __restrict__ gx_t,        // [B, 4H]  x_t W_ih^T + b_ih
-    const T* __restrict__ gh,          // [B, 4H]  h_{t-1} W_hh^T (no bias)
-    const T* __restrict__ b_hh,        // [4H]
-    const T* __restrict__ h_prev,      // [B, H]   state before step t
-    const T* __restrict__ c_prev,      // [B, H]
-    const int* __restrict__ lengths,   // [B]
-    int t, int batch, int hidden)
-{
-    const index_t H = hidden;
-    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
-        const index_t row = b * 4 * H;           // row b of the [B, 4H] arrays
-        // pre-activation of gate k: gx + gh + b_hh
-        auto preactivation = [&](int k) {
-            const index_t at = row + k * H + j;
-            return gx_t[at] + gh[at] + b_hh[k * H + j];
-        };
-        const T i = sigmoid(preactivation(0));
-        const T f = sigmoid(preactivation(1));
-        const T g = DeviceMath<T>::tanh(preactivation(2));
-        const T o = sigmoid(preactivation(3));
-        const T c = f * c_prev[e] + i * g;       // c_t = f c_{t-1} + i g
-        const T h = o * DeviceMath<T>::tanh(c);  // h_t = o tanh(c_t)
-        gates_t[row + 0 * H + j] = i;
-        gates_t[row + 1 * H + j] = f;
-        gates_t[row + 2 * H + j] = g;
-        gates_t[row + 3 * H + j] = o;
-        const bool active = t < lengths[b];
-        h_next[e] = active ? h : h_prev[e];
-        c_next[e] = active ? c : c_prev[e];
-        y_t[e] = active ? h : T(0);
-    });
-}
-
-template <typename T>
-__global__ void lstm_backward_step(
-    T* __restrict__ dgx_t,             // [B, 4H]  d loss / d pre-activations (i, f, g, o), = dgh_t
-    T* __restrict__ dh_prev_direct,    // [B, H]   d h_{t-1}, part not through W_hh
-    T* __restrict__ dc_prev,           // [B, H]   d c_{t-1}
-    const T* __restrict__ dy_t,        // [B, H]
-    const T* __restrict__ dh_direct,   // [B, H]   d h_t, part not through W_hh
-    const T* __restrict__ dh_recurrent,// [B, H]   d h_t through W_hh: dgh_{t+1} W_hh
-    const T* __restrict__ dc,          // [B, H]   d c_t
-    const T* __restrict__ gates_t,     // [B, 4H]  i, f, g, o of the forward step
-    const T* __restrict__ c_prev,      // [B, H]   c_{t-1}
-    const int* __restrict__ lengths,   // [B]
-    int t, int batch, int hidden)
-{
-    const index_t H = hidden;
-    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
-        const index_t row = b * 4 * H;
-        const T dh_carried = dh_direct[e] + dh_recurrent[e];
-        if (t < lengths[b]) {
-            const T i = gates_t[row + 0 * H + j];
-            const T f = gates_t[row + 1 * H + j];
-            const T g = gates_t[row + 2 * H + j];
-            const T o = gates_t[row + 3 * H + j];
-            const T dh = dh_carried + dy_t[e];
-            const T tanh_c = DeviceMath<T>::tanh(f * c_prev[e] + i * g);   // c_t recomputed
-            // h = o tanh(c)  =>  dc_t = dc + dh o (1 - tanh(c)^2)
-            const T dc_t = dc[e] + dh * o * d_tanh_from_output(tanh_c);
-            // c = f c_prev + i g: di = dc g, df = dc c_prev, dg = dc i; do = dh tanh(c)
-            dgx_t[row + 0 * H + j] = dc_t * g * d_sigmoid_from_output(i);
-            dgx_t[row + 1 * H + j] = dc_t * c_prev[e] * d_sigmoid_from_output(f);
-            dgx_t[row + 2 * H + j] = dc_t * i * d_tanh_from_output(g);
-            dgx_t[row + 3 * H + j] = dh * tanh_c * d_sigmoid_from_output(o);
-            dc_prev[e] = dc_t * f;
-            dh_prev_direct[e] = T(0);
-        } else {
-            for (int k = 0; k < 4; ++k) dgx_t[row + k * H + j] = T(0);
-            dc_prev[e] = dc[e];
-            dh_prev_direct[e] = dh_carried;
-        }
-    });
-}
-
-// ---------------------------------------------------------------------------
-// GRU (gate order r, z, n; PyTorch/cuDNN form, reset gate after W_hn h):
-//   r = sig(gx_r + gh_r + b_hr) ;  z = sig(gx_z + gh_z + b_hz)
-//   n = tanh(gx_n + r (gh_n + b_hn)) ;  h_t = (1 - z) n + z h_{t-1}
-// ---------------------------------------------------------------------------
-
-template <typename T>
-__global__ void gru_forward_step(
-    T* __restrict__ h_next,            // [B, H]   state after step t
-    T* __restrict__ y_t,               // [B, H]   output of step t (0 where inactive)
-    T* __restrict__ gates_t,           // [B, 3H]  r, z, n (activated), saved for BPTT
-    T* __restrict__ gh_n_t,            // [B, H]   gh_n + b_hn, saved for BPTT
-    const T* __restrict__ gx_t,        // [B, 3H]  x_t W_ih^T + b_ih
-    const T* __restrict__ gh,          // [B, 3H]  h_{t-1} W_hh^T (no bias)
-    const T* __restrict__ b_hh,        // [3H]
-    const T* __restrict__ h_prev,      // [B, H]   state before step t
-    const int* __restrict__ lengths,   // [B]
-    int t, int batch, int hidden)
-{
-    const index_t H = hidden;
-    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
-        const index_t row = b * 3 * H;           // row b of the [B, 3H] arrays
-        // recurrent part of gate k with its bias: gh + b_hh
-        auto recurrent = [&](int k) { return gh[row + k * H + j] + b_hh[k * H + j]; };
-        const T r = sigmoid(gx_t[row + 0 * H + j] + recurrent(0));
-        const T z = sigmoid(gx_t[row + 1 * H + j] + recurrent(1));
-        const T gh_n = recurrent(2);
-        const T n = DeviceMath<T>::tanh(gx_t[row + 2 * H + j] + r * gh_n);
-        const T h = (T(1) - z) * n + z * h_prev[e];   // = n + z (h_{t-1} - n)
-        gates_t[row + 0 * H + j] = r;
-        gates_t[row + 1 * H + j] = z;
-        gates_t[row + 2 * H + j] = n;
-        gh_n_t[e] = gh_n;
-        const bool active = t < lengths[b];
-        h_next[e] = active ? h : h_prev[e];
-        y_t[e] = active ? h : T(0);
-    });
-}
-
-template <typename T>
-__global__ void gru_backward_step(
-    T* __restrict__ dgx_t,             // [B, 3H]  d loss / d gx (r, z, n)
-    T* __restrict__ dgh_t,             // [B, 3H]  d loss / d gh (r, z, n); n part differs
-    T* __restrict__ dh_prev_direct,    // [B, H]   d h_{t-1}, part not through W_hh
-    const T* __restrict__ dy_t,        // [B, H]
-    const T* __restrict__ dh_direct,   // [B, H]   d h_t, part not through W_hh
-    const T* __restrict__ dh_recurrent,// [B, H]   d h_t through W_hh: dgh_{t+1} W_hh
-    const T* __restrict__ gates_t,     // [B, 3H]  r, z, n of the forward step
-    const T* __restrict__ gh_n_t,      // [B, H]   gh_n + b_hn of the forward step
-    const T* __restrict__ h_prev,      // [B, H]   h_{t-1}
-    const int* __restrict__ lengths,   // [B]
-    int t, int batch, int hidden)
-{
-    const index_t H = hidden;
-    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
-        const index_t row = b * 3 * H;
-        const T dh_carried = dh_direct[e] + dh_recurrent[e];
-        if (t < lengths[b]) {
-            const T r = gates_t[row + 0 * H + j];
-            const T z = gates_t[row + 1 * H + j];
-            const T n = gates_t[row + 2 * H + j];
-            const T dh = dh_carried + dy_t[e];
-            // h = n + z (h_prev - n)
-            const T dn = dh * (T(1) - z) * d_tanh_from_output(n);
-            const T dz = dh * (h_prev[e] - n) * d_sigmoid_from_output(z);
-            // n = tanh(gx_n + r gh_n): d gh_n = dn r, dr = dn gh_n
-            const T dr = dn * gh_n_t[e] * d_sigmoid_from_output(r);
-            dgx_t[row + 0 * H + j] = dr;
-            dgx_t[row + 1 * H + j] = dz;
-            dgx_t[row + 2 * H + j] = dn;
-            dgh_t[row + 0 * H + j] = dr;
-            dgh_t[row + 1 * H + j] = dz;
-            dgh_t[row + 2 * H + j] = dn * r;
-            dh_prev_direct[e] = dh * z;
-        } else {
-            for (int k = 0; k < 3; ++k) {
-                dgx_t[row + k * H + j] = T(0);
-                dgh_t[row + k * H + j] = T(0);
+            T into[S], saved[Saved::total], state[S], dgates[D][G], direct[S];
+#pragma unroll
+            for (int s = 0; s < S; ++s) {
+                into[s] = carried[s];
+                state[s] = read_only(state_prev.at[s] + e);
             }
-            dh_prev_direct[e] = dh_carried;
+            into[0] += dy_t[e];                              // dh = dh_carried + dy_t
+#pragma unroll
+            for (int s = 0; s < Saved::count; ++s) {
+                const int width = Saved::width(s);
+                const T* row = saved_t.at[s] + b * width * H + j;
+#pragma unroll
+                for (int m = 0; m < width; ++m)
+                    saved[Saved::offset(s) + m] = read_only(row + m * H);
+            }
+
+            Cell::backward(dgates, direct, into, saved, state);
+
+#pragma unroll
+            for (int d = 0; d < D; ++d)
+#pragma unroll
+                for (int k = 0; k < G; ++k) dgates_t.at[d][(b * G + k) * H + j] = dgates[d][k];
+#pragma unroll
+            for (int s = 0; s < S; ++s) dstate_prev.at[s][e] = direct[s];
+        } else {                                             // padded step: carries pass through
+#pragma unroll
+            for (int d = 0; d < D; ++d)
+#pragma unroll
+                for (int k = 0; k < G; ++k) dgates_t.at[d][(b * G + k) * H + j] = T(0);
+#pragma unroll
+            for (int s = 0; s < S; ++s) dstate_prev.at[s][e] = carried[s];
         }
     });
 }

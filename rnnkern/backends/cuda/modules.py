@@ -3,19 +3,24 @@
 One place for everything that decides which code a kernel name refers to:
 
 - ``KERNEL_SOURCES``: every ``.cu`` file with the ONE list of template
-  instantiations (NVRTC name expressions) asked of it.  CuPy's ``RawModule``,
-  the NVRTC compile check (tests/test_cuda_compile.py) and the host emulation
-  (``rnnkern.cuda_emulation``) all read this list.
+  instantiations (NVRTC name expressions) asked of it, derived from the cell
+  registry: every cell x forward/backward x float/double.  CuPy's
+  ``RawModule``, the NVRTC compile check (tests/test_cuda_compile.py) and the
+  host emulation (``rnnkern.backends.cuda.emulation``) all read this list.
+- ``module_code(source)``: the code they compile: every cell header of
+  ``kernels/cuda/cells/``, then the source.
 - ``compile_options()``: the compiler options, also shared by all three (g++
   understands them too).
 - ``get_kernel(name)``: the kernel lookup for CuPy, one lazily compiled,
-  cached ``RawModule`` per source file.
+  cached ``RawModule`` per source file and device (``clear_kernel_cache()``
+  forgets them).
 - ``elementwise_launch(count)`` and ``check_launch(...)``: the launch
-  configuration and the argument checks every launcher applies.
+  configuration and the argument checks.
 
 CuPy is imported only inside ``get_kernel`` (importing rnnkern must not
-import CuPy).  Sources are read from the installed package ``rnnkern.kernels``
-(the repository's ``kernels/`` folder), never from the working directory.
+import CuPy).  Sources are read from the installed package
+``rnnkern.kernels.cuda`` (the repository's ``kernels/cuda/`` folder), never
+from the working directory.
 """
 
 from __future__ import annotations
@@ -27,28 +32,28 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["KERNEL_SOURCES", "CudaKernelError", "kernel_name", "kernels_dir",
-           "compile_options", "module_code", "source_of", "get_kernel",
-           "THREADS_PER_BLOCK", "elementwise_launch", "check_launch"]
+from ...cells import CELLS
 
-_SCALAR_TYPES = {"float32": "float", "float64": "double"}
+__all__ = ["KERNEL_SOURCES", "STEPS", "SCALAR_TYPES", "CudaKernelError", "kernel_name",
+           "kernels_dir", "cell_headers", "compile_options", "module_code", "source_of",
+           "get_kernel", "clear_kernel_cache", "THREADS_PER_BLOCK", "elementwise_launch",
+           "check_launch"]
 
-# Kernel template of each cell's fused steps (rnnkern.cells.Cell.name).
-_STEP_TEMPLATES = {
-    "rnn_tanh": "rnn_{step}_step<{T}, TanhActivation>",
-    "rnn_relu": "rnn_{step}_step<{T}, ReluActivation>",
-    "lstm": "lstm_{step}_step<{T}>",
-    "gru": "gru_{step}_step<{T}>",
-}
+#: The C++ scalar type of each dtype the kernels are instantiated for.
+SCALAR_TYPES = {"float32": "float", "float64": "double"}
+#: The step kernels of kernels/cuda/step_kernels.cu: ``rnn_<step>_step<T, Cell>``.
+STEPS = ("forward", "backward")
+_STEP_SOURCE = "step_kernels.cu"
+_CELLS_FOLDER = "cells"
 
 
-def kernel_name(cell_name: str, step: str, dtype) -> str:
+def kernel_name(cell, step: str, dtype) -> str:
     """Name expression of a cell's fused step kernel.
 
     Parameters
     ----------
-    cell_name : str
-        ``rnnkern.cells.Cell.name``, e.g. ``"lstm"``.
+    cell : rnnkern.cells.Cell
+        Its ``kernels["cuda"]`` names the C++ struct of its pointwise steps.
     step : {"forward", "backward"}
     dtype : str or dtype
         ``float32`` or ``float64``.
@@ -56,21 +61,23 @@ def kernel_name(cell_name: str, step: str, dtype) -> str:
     Returns
     -------
     str
-        e.g. ``"lstm_forward_step<float>"``.
+        e.g. ``"rnn_forward_step<float, LstmCell>"``.
     """
-    return _STEP_TEMPLATES[cell_name].format(step=step, T=_SCALAR_TYPES[str(np.dtype(dtype))])
+    if step not in STEPS:
+        raise CudaKernelError(f"step: expected one of {STEPS}, got {step!r}")
+    return f"rnn_{step}_step<{SCALAR_TYPES[str(np.dtype(dtype))]}, {cell.kernels['cuda']}>"
 
 
 # Every .cu file and every instantiation the package launches from it.
 KERNEL_SOURCES = {
-    "rnn_cells.cu": tuple(kernel_name(cell, step, dtype)
-                          for cell in _STEP_TEMPLATES
-                          for step in ("forward", "backward")
-                          for dtype in _SCALAR_TYPES),
+    _STEP_SOURCE: tuple(kernel_name(cell, step, dtype)
+                        for cell in CELLS.values()
+                        for step in STEPS
+                        for dtype in SCALAR_TYPES),
 }
 
-# -std=c++17 for the templates; CuPy (and our compile check) add the
-# architecture.  No fast-math: the kernels must match torch.
+# -std=c++17 for the templates (fold expressions); CuPy (and our compile
+# check) add the architecture.  No fast-math: the kernels must match torch.
 _LANGUAGE_OPTIONS = ("-std=c++17",)
 
 
@@ -79,19 +86,26 @@ class CudaKernelError(RuntimeError):
 
 
 def kernels_dir() -> Path:
-    """The folder of the CUDA sources (the installed package ``rnnkern.kernels``)."""
-    folder = importlib.resources.files("rnnkern.kernels")
+    """The folder of the CUDA sources (the installed package ``rnnkern.kernels.cuda``)."""
+    folder = importlib.resources.files("rnnkern.kernels.cuda")
     if not isinstance(folder, Path):
-        raise CudaKernelError(f"the CUDA sources of rnnkern.kernels are not files on disk "
+        raise CudaKernelError(f"the CUDA sources of rnnkern.kernels.cuda are not files on disk "
                               f"({folder!r}); install rnnkern unzipped")
     return folder
+
+
+def cell_headers() -> tuple:
+    """Every cell header, as include paths relative to ``kernels_dir()`` (``"cells/gru.cuh"``)."""
+    folder = kernels_dir()
+    return tuple(path.relative_to(folder).as_posix()
+                 for path in sorted((folder / _CELLS_FOLDER).glob("*.cuh")))
 
 
 def compile_options() -> tuple:
     """Options for every compiler of the sources (NVRTC, and g++ in the emulation).
 
-    The include path lets ``#include "activations.cuh"`` resolve wherever the
-    package is installed.
+    The include path lets ``#include "cell.cuh"`` and ``"cells/lstm.cuh"``
+    resolve wherever the package is installed.
     """
     return _LANGUAGE_OPTIONS + (f"-I{kernels_dir()}",)
 
@@ -106,17 +120,26 @@ def source_of(name: str) -> str:
 
 
 def module_code(source: str) -> str:
-    """The code handed to ``RawModule`` for ``source``.
+    """The code compiled for ``source``: every cell header, then the source itself.
 
-    CuPy's on-disk kernel cache is keyed on the code string and the options,
-    not on included headers; the digest of the headers appended here makes an
-    edited header recompile the module instead of reusing a stale binary.
+    The cell headers are included here, not in the source, so that a new cell
+    is only a new header in ``cells/`` (and its registry entry).  CuPy's
+    on-disk kernel cache is keyed on the code string and the options, not on
+    included headers; the digest of every header (``*.cuh`` and
+    ``cells/*.cuh``) appended here makes an edited header recompile the
+    module instead of reusing a stale binary.
     """
     folder = kernels_dir()
-    headers = sorted(folder.glob("*.cuh"))
-    digest = hashlib.sha256(b"".join(h.read_bytes() for h in headers)).hexdigest()
-    names = ", ".join(h.name for h in headers)
-    return (folder / source).read_text() + f"\n// headers {names}: sha256 {digest}\n"
+    headers = sorted(folder.rglob("*.cuh"))
+    digest = hashlib.sha256()
+    for header in headers:
+        digest.update(header.relative_to(folder).as_posix().encode() + b"\0"
+                      + header.read_bytes() + b"\0")
+    names = ", ".join(h.relative_to(folder).as_posix() for h in headers)
+    includes = "".join(f'#include "{header}"\n' for header in cell_headers())
+    return (f"// The cell headers, included by {__name__}.module_code\n{includes}"
+            f'#line 1 "{source}"\n{(folder / source).read_text()}'
+            f"\n// headers {names}: sha256 {digest.hexdigest()}\n")
 
 
 @functools.cache
@@ -155,8 +178,15 @@ def get_kernel(name: str):
     return _kernel_on_device(name, cupy.cuda.Device().id)
 
 
+def clear_kernel_cache():
+    """Forget this process's compiled modules: the next ``get_kernel`` compiles
+    again from ``kernels_dir()`` (or loads from CuPy's disk cache)."""
+    _raw_module.cache_clear()
+    _kernel_on_device.cache_clear()
+
+
 # ---------------------------------------------------------------------------
-# Launch configuration and argument checks, shared by every launcher.
+# Launch configuration and argument checks.
 # ---------------------------------------------------------------------------
 
 THREADS_PER_BLOCK = 256
@@ -184,8 +214,15 @@ def check_launch(name, grid, block, args, xp):
     """Check a launch before it happens: configuration and argument kinds.
 
     Arrays must be C-contiguous arrays of ``xp`` (the kernels index them
-    flat); scalars must be NumPy scalars of an exact type (``np.int32(H)``)
-    because a Python ``int`` would be passed with CuPy's choice of width.
+    flat); a tuple is a group of such arrays (a ``StepArrays`` parameter),
+    never empty; scalars must be NumPy scalars of an exact type
+    (``np.int32(H)``) because a Python ``int`` would be passed with CuPy's
+    choice of width.
+
+    The step drivers call this once per direction, on the first step's
+    arguments: the other steps pass slices of the same buffers.  The host
+    emulation calls it on every launch, besides its own checks against the
+    kernel's parameter types.
 
     Raises
     ------
@@ -202,8 +239,19 @@ def check_launch(name, grid, block, args, xp):
     for k, a in enumerate(args):
         if isinstance(a, np.generic):
             continue
-        if not isinstance(a, xp.ndarray):
-            raise CudaKernelError(f"{name}: argument {k} is a {type(a).__name__}; expected a "
-                                  f"{xp.__name__} array or an exactly typed NumPy scalar")
-        if not a.flags.c_contiguous:
-            raise CudaKernelError(f"{name}: argument {k} of shape {a.shape} is not C-contiguous")
+        if isinstance(a, tuple):
+            if not a:
+                raise CudaKernelError(f"{name}: argument {k} is an empty group of arrays")
+            for i, member in enumerate(a):
+                _check_array(name, f"{k}[{i}]", member, xp)
+        else:
+            _check_array(name, str(k), a, xp)
+
+
+def _check_array(name, label, a, xp):
+    if not isinstance(a, xp.ndarray):
+        raise CudaKernelError(f"{name}: argument {label} is a {type(a).__name__}; expected a "
+                              f"{xp.__name__} array, a tuple of them or an exactly typed NumPy "
+                              f"scalar")
+    if not a.flags.c_contiguous:
+        raise CudaKernelError(f"{name}: argument {label} of shape {a.shape} is not C-contiguous")

@@ -1,0 +1,89 @@
+"""CUDA backend (CuPy arrays): cuBLAS GEMMs and the fused step kernels of ``kernels/cuda/``.
+
+Per layer-direction (contract in ``rnnkern.backends``; details in ``driver``)::
+
+    forward   gx = x @ W_ih^T + b_ih              one GEMM over all T*B rows
+              per step: gh = h @ W_hh^T (GEMM) + rnn_forward_step<T, Cell> (one kernel)
+    backward  per step: rnn_backward_step<T, Cell> (one kernel) + dgh @ W_hh (GEMM)
+              weight_gradients                     dW_ih, dW_hh, db, dx: GEMMs over all T*B rows
+
+Modules::
+
+    driver      the orchestration above, written against a launcher
+    modules     the sources, their instantiations (from the cell registry),
+                the compile options, get_kernel, the launch checks
+    emulation   the same orchestration and sources on NumPy arrays, compiled
+                for the host by g++ (tests without a GPU)
+
+CuPy is imported only when a launcher is first needed, i.e. when CuPy arrays
+arrive; importing this package does not import CuPy.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ...dispatch import namespace_of
+from .driver import backward_direction_with, forward_direction_with
+from .modules import get_kernel
+
+__all__ = ["forward_direction", "backward_direction", "CupyLauncher", "cupy_launcher"]
+
+
+@functools.cache
+def _pointer_group_dtype(count):
+    """A struct of ``count`` pointers, laid out as the kernels' ``StepArrays<T, count>``."""
+    return np.dtype([("at", np.uintp, (count,))])
+
+
+class CupyLauncher:
+    """Launches the RawModule kernels on CuPy arrays (current device and stream).
+
+    A tuple of arrays becomes one by-value ``StepArrays`` parameter: a
+    size-1 NumPy array holding their device addresses, whose bytes CuPy
+    passes as the parameter's value.  No argument checks here: the driver
+    checks each direction's first launch (``modules.check_launch``).
+    """
+
+    def __init__(self):
+        import cupy
+
+        self.xp = cupy
+
+    def launch(self, name, grid, block, args):
+        get_kernel(name)(grid, block, tuple(_by_value(a) if isinstance(a, tuple) else a
+                                            for a in args))
+
+
+def _by_value(group):
+    addresses = np.array([a.data.ptr for a in group], dtype=np.uintp)
+    return addresses.view(_pointer_group_dtype(len(group)))
+
+
+@functools.cache
+def cupy_launcher():
+    """The launcher of the CuPy kernels (one per process; CuPy imported here)."""
+    return CupyLauncher()
+
+
+def _names(prefix, values):
+    return [f"{prefix}[{k}]" for k in range(len(values))]
+
+
+def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
+    """Run one layer-direction on CuPy arrays (see ``rnnkern.backends``)."""
+    namespace_of(x, *params.values(), *state, lengths,
+                 names=["x", *params, *_names("state", state), "lengths"])
+    with x.device:
+        return forward_direction_with(cupy_launcher(), cell, x, params, state, lengths, reverse,
+                                      keep=keep)
+
+
+def backward_direction(cell, dy, dstate_n, tape):
+    """Backpropagate one layer-direction on CuPy arrays (see ``rnnkern.backends``)."""
+    namespace_of(dy, *dstate_n, tape["x_rows"],
+                 names=["dy", *_names("dstate", dstate_n), "x of the forward"])
+    with dy.device:
+        return backward_direction_with(cupy_launcher(), cell, dy, dstate_n, tape)
