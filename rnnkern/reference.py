@@ -7,7 +7,7 @@ here (``Cell.reference_steps``).  It is also the "plain NumPy" column of ``pytho
 bench``.  Time-major only: ``x`` is ``(T, B, I)``; ``params`` uses PyTorch's
 names; ``lengths`` follows packed-sequence semantics (see ``rnnkern.cells``).
 
->>> y, (h_n, c_n), cache = reference_forward("lstm", params, x, num_layers=2)
+>>> y, (h_n, c_n), cache = reference_forward(rnnkern.cells.CELLS["lstm"], params, x, num_layers=2)
 >>> dx, (dh0, dc0), grads = reference_backward(dy, (dh_n_grad, dc_n_grad), cache)
 """
 
@@ -112,19 +112,14 @@ def _names(layer, reverse):
     return "weight_ih" + s, "weight_hh" + s, "bias_ih" + s, "bias_hh" + s
 
 
-def _cell(cell):
-    from .cells import cell_for      # the registry points here: import it late
-
-    return cell_for(cell) if isinstance(cell, str) else cell
-
-
 def reference_forward(cell, params, x, state0=None, lengths=None, num_layers=1,
                       bidirectional=False):
     """Forward pass of a stacked (bi)directional layer; see the module docstring.
 
     Parameters
     ----------
-    cell : str or rnnkern.cells.Cell
+    cell : rnnkern.cells.Cell
+        Its ``reference_steps`` (the step pairs of this module) do the math.
     params : dict
         PyTorch names (``weight_ih_l0``, ...); missing biases count as zero.
     x : (T, B, I) array
@@ -137,7 +132,6 @@ def reference_forward(cell, params, x, state0=None, lengths=None, num_layers=1,
     state_n : tuple of (L*D, B, H) arrays
     cache : for :func:`reference_backward`
     """
-    cell = _cell(cell)
     forward_step = cell.reference_steps[0]
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
