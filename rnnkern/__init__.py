@@ -14,9 +14,10 @@ parameter names and semantics.
 from .cells import CELLS, Cell, cell_for
 from .dispatch import backend_name, namespace_of
 from .recurrent import GRU, LSTM, RNN
+from .single_step import GRUCell, LSTMCell, RNNCell
 from .tape import Tape
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "LSTM", "GRU", "Tape", "Cell", "CELLS", "cell_for",
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Tape", "Cell", "CELLS", "cell_for",
            "namespace_of", "backend_name", "__version__"]

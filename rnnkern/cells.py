@@ -53,7 +53,8 @@ from typing import Any, Callable
 
 from . import reference
 
-__all__ = ["Cell", "Parameter", "Saved", "CELLS", "cell_for", "cells_of_layer"]
+__all__ = ["Cell", "Parameter", "Saved", "CELLS", "STANDARD_PARAMETERS", "PROJECTION", "cell_for",
+           "cells_of_layer"]
 
 
 def _sigmoid(xp, a):
@@ -100,8 +101,8 @@ def _rnn_relu_backward(xp, dstate, saved, state_prev):
 
 
 def _lstm_forward(xp, gx, gh, b_hh, state):
-    h_prev, c_prev = state
-    H = h_prev.shape[-1]
+    _, c_prev = state
+    H = c_prev.shape[-1]                 # h_prev is proj_size wide with a projection
     a = gx + gh + b_hh
     i, f = _sigmoid(xp, _gate(a, 0, H)), _sigmoid(xp, _gate(a, 1, H))
     g, o = xp.tanh(_gate(a, 2, H)), _sigmoid(xp, _gate(a, 3, H))
@@ -158,14 +159,17 @@ class Parameter:
     """One parameter of a layer-direction.
 
     ``shape`` is symbolic: each entry a product of sizes (``"G*H"``, ``"I"``)
-    over ``G`` (gates), ``H`` (hidden size) and ``I`` (input size).  Its
+    over ``G`` (gates), ``H`` (hidden size), ``I`` (input size) and ``P``
+    (the width of ``h``: ``proj_size`` with a projection, else ``H``).  Its
     ``state_dict`` name is ``name`` plus the layer suffix (``_l0``,
-    ``_l1_reverse``, ...).  A bias is left out with ``bias=False``.
+    ``_l1_reverse``, ...).  A bias is left out with ``bias=False``; a
+    projection parameter exists only with ``proj_size > 0``.
     """
 
     name: str
     shape: tuple
     is_bias: bool = False
+    is_projection: bool = False
 
     def shape_for(self, sizes: dict) -> tuple:
         """The concrete shape, for ``sizes`` such as ``{"G": 4, "H": 16, "I": 8}``."""
@@ -183,10 +187,13 @@ class Saved:
 #: The parameters of PyTorch's RNN, LSTM and GRU.
 STANDARD_PARAMETERS = (
     Parameter("weight_ih", ("G*H", "I")),
-    Parameter("weight_hh", ("G*H", "H")),
+    Parameter("weight_hh", ("G*H", "P")),
     Parameter("bias_ih", ("G*H",), is_bias=True),
     Parameter("bias_hh", ("G*H",), is_bias=True),
 )
+
+#: PyTorch's LSTM projection (``proj_size``): ``h_t = W_hr (o * tanh(c_t))``.
+PROJECTION = Parameter("weight_hr", ("P", "H"), is_projection=True)
 
 
 @dataclass(frozen=True, eq=False)     # entries are singletons: identity is equality
@@ -202,6 +209,9 @@ class Cell:
         ``num_gates`` is their count ``G``.
     state_names : tuple of str
         The state tuple, ``h`` first: ``("h",)`` or ``("h", "c")``.
+    state_sizes : tuple of str
+        The width of each state: ``"P"`` (``h``: ``proj_size`` with a
+        projection, else ``H``) or ``"H"``.
     saved : tuple of Saved
         Per-step arrays the forward step writes for BPTT, besides the states
         entering each step (which are always kept).
@@ -229,7 +239,11 @@ class Cell:
         Whether ``torch.nn.<layer>`` computes this cell (else the tests use
         the plain reference only).
     parameters : tuple of Parameter
-        The parameters of one layer-direction, in ``state_dict`` order.
+        The parameters of one layer-direction, in ``state_dict`` order.  A
+        cell with a projection parameter accepts ``proj_size``: the backends
+        then project the output of each step, ``h_t = m_t W_hr^T`` with ``m_t``
+        what the cell's step computes as ``h``.  That is only right for a cell
+        whose ``h_{t-1}`` enters the step through ``W_hh`` alone (the LSTM).
     """
 
     name: str
@@ -245,6 +259,7 @@ class Cell:
     layer_options: dict = field(default_factory=dict)
     torch_oracle: bool = True
     parameters: tuple = STANDARD_PARAMETERS
+    state_sizes: tuple = ("P",)
 
     @property
     def num_gates(self) -> int:
@@ -254,10 +269,27 @@ class Cell:
     def num_states(self) -> int:
         return len(self.state_names)
 
-    def parameter_shapes(self, input_size: int, hidden_size: int, bias: bool = True) -> dict:
+    @property
+    def has_projection(self) -> bool:
+        """Whether the cell accepts ``proj_size`` (it has a projection parameter)."""
+        return any(p.is_projection for p in self.parameters)
+
+    def sizes(self, input_size: int, hidden_size: int, proj_size: int = 0) -> dict:
+        """The values of the shape symbols: ``G``, ``H``, ``I`` and ``P``."""
+        return {"G": self.num_gates, "H": hidden_size, "I": input_size,
+                "P": proj_size or hidden_size}
+
+    def parameter_shapes(self, input_size: int, hidden_size: int, bias: bool = True,
+                         proj_size: int = 0) -> dict:
         """Shapes of one layer-direction's parameters, by name (no layer suffix)."""
-        sizes = {"G": self.num_gates, "H": hidden_size, "I": input_size}
-        return {p.name: p.shape_for(sizes) for p in self.parameters if bias or not p.is_bias}
+        sizes = self.sizes(input_size, hidden_size, proj_size)
+        return {p.name: p.shape_for(sizes) for p in self.parameters
+                if (bias or not p.is_bias) and (proj_size or not p.is_projection)}
+
+    def state_shapes(self, hidden_size: int, proj_size: int = 0) -> tuple:
+        """The width of each state, in ``state_names`` order."""
+        sizes = self.sizes(0, hidden_size, proj_size)
+        return tuple(sizes[s] for s in self.state_sizes)
 
 
 def _elman(nonlinearity, forward_step, backward_step, reference_steps, cuda_activation):
@@ -279,7 +311,8 @@ CELLS = {cell.name: cell for cell in (
          saved=(Saved("gates", 4),), step_gradients=("dgx",),
          forward_step=_lstm_forward, backward_step=_lstm_backward,
          reference_steps=(reference.lstm_step, reference.lstm_step_backward),
-         kernels={"numba": "lstm.lstm", "cuda": "LstmCell"}, layer="LSTM"),
+         kernels={"numba": "lstm.lstm", "cuda": "LstmCell"}, layer="LSTM",
+         parameters=STANDARD_PARAMETERS + (PROJECTION,), state_sizes=("P", "H")),
     Cell("gru", gate_names=("r", "z", "n"), state_names=("h",),
          saved=(Saved("gates", 3), Saved("gh_n", 1)), step_gradients=("dgx", "dgh"),
          forward_step=_gru_forward, backward_step=_gru_backward,

@@ -21,6 +21,7 @@ direction, and initialised from U(-1/sqrt(H), 1/sqrt(H)).
 from __future__ import annotations
 
 import math
+import warnings
 
 import array_api_compat
 import numpy as np
@@ -34,7 +35,7 @@ from .parameters import ParameterLayer
 from .tape import Tape, check_tape
 from .validation import describe
 
-__all__ = ["RecurrentLayer", "RNN", "LSTM", "GRU"]
+__all__ = ["RegistryCellMixin", "RecurrentLayer", "RNN", "LSTM", "GRU"]
 
 
 def _spoken(names):
@@ -42,11 +43,66 @@ def _spoken(names):
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-class RecurrentLayer(ParameterLayer):
+class RegistryCellMixin:
+    """What the layers and the single-step cells share about their registry cell.
+
+    The meaning of the state arguments (one array per ``Cell.state_names``)
+    and the parameters of one layer-direction.  Needs ``self.cell``,
+    ``self.hidden_size``, ``self.proj_size`` and ``self._parameter_shapes()``.
+    """
+
+    def _initial_parameters(self, rng):
+        """torch's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H))."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        return {name: rng.uniform(-bound, bound, size=shape)
+                for name, shape in self._parameter_shapes().items()}
+
+    def _direction_parameters(self, xp, params, suffix, like):
+        """One layer-direction's parameters by registry name; zero biases without bias."""
+        out = {}
+        sizes = self.cell.sizes(0, self.hidden_size, self.proj_size)
+        for p in self.cell.parameters:
+            if p.name + suffix in params:
+                out[p.name] = params[p.name + suffix]
+            elif p.is_bias:        # bias=False: the kernels add a zero bias
+                out[p.name] = xp.zeros(p.shape_for(sizes), dtype=like.dtype,
+                                       device=array_api_compat.device(like))
+        return out
+
+    def _state_argument_names(self, prefix, index=""):
+        """Names of the state arguments in messages: "state" or "state h0", "state c0"."""
+        names = self.cell.state_names
+        return [prefix] if len(names) == 1 else [f"{prefix} {n}{index}" for n in names]
+
+    def _split_state(self, state, name):
+        """The user's state argument as a tuple with one entry per state (None: zeros)."""
+        names = self.cell.state_names
+        if len(names) == 1:
+            if isinstance(state, (tuple, list)):
+                raise TypeError(f"{name}: expected one array h for {type(self).__name__}, "
+                                f"got a {type(state).__name__}")
+            return (state,)
+        if state is None:
+            return (None,) * len(names)
+        if not isinstance(state, (tuple, list)) or len(state) != len(names):
+            kind = "a pair" if len(names) == 2 else f"a tuple of {len(names)}"
+            raise TypeError(f"{name}: expected {kind} ({', '.join(names)}) for "
+                            f"{type(self).__name__}, got {describe(state)}")
+        if any(s is None for s in state) and not all(s is None for s in state):
+            raise ValueError(f"{name}: give {'both' if len(names) == 2 else 'all of'} "
+                             f"{_spoken(names)}, or {'neither' if len(names) == 2 else 'none'}")
+        return tuple(state)
+
+    def _join_state(self, states):
+        """The tuple of states in the user's form: ``h`` alone, or the tuple."""
+        return states[0] if len(states) == 1 else tuple(states)
+
+
+class RecurrentLayer(RegistryCellMixin, ParameterLayer):
     """Shared implementation of ``RNN``, ``LSTM`` and ``GRU``: any registry cell."""
 
     def __init__(self, cell_name, input_size, hidden_size, num_layers, *, bias,
-                 batch_first, dropout, bidirectional, dtype, device, seed):
+                 batch_first, dropout, bidirectional, proj_size, dtype, device, seed):
         self.cell = cell_for(cell_name)
         self.input_size = v.check_positive_int("input_size", input_size)
         self.hidden_size = v.check_positive_int("hidden_size", hidden_size)
@@ -54,16 +110,51 @@ class RecurrentLayer(ParameterLayer):
         self.bias = v.check_bool("bias", bias)
         self.batch_first = v.check_bool("batch_first", batch_first)
         self.bidirectional = v.check_bool("bidirectional", bidirectional)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or dropout != 0:
-            raise ValueError(f"dropout: only 0 is supported (no dropout between layers), "
-                             f"got {dropout!r}")
-        self.dropout = 0.0
+        self.proj_size = self._checked_proj_size(proj_size)
+        self.dropout = _checked_dropout(dropout)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(f"dropout: {self.dropout} applies between layers, and this "
+                          f"{type(self).__name__} has num_layers=1 (as torch warns too)",
+                          UserWarning, stacklevel=3)
+        self.training = True          # torch's default mode; see train() and eval()
         dtype = v.check_float_dtype("dtype", dtype)
         check_device(device)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed: expected an integer or None, got {seed!r}")
         self.num_directions = 2 if self.bidirectional else 1
+        # The dropout masks come from a stream of their own, so that a seeded
+        # layer draws the same masks whatever the initialisation consumed.
+        self._dropout_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self._init_parameters(self._initial_parameters(np.random.default_rng(seed)), dtype, device)
+
+    def _checked_proj_size(self, proj_size):
+        if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)):
+            raise TypeError(f"proj_size: expected an integer >= 0, got {proj_size!r}")
+        if proj_size == 0:
+            return 0
+        if not self.cell.has_projection:
+            raise ValueError(f"proj_size: only a cell with a projection (LSTM) takes one; "
+                             f"{type(self).__name__} got proj_size={proj_size}")
+        if not 0 < proj_size < self.hidden_size:
+            raise ValueError(f"proj_size: expected 0 (none) or an integer in [1, hidden_size) = "
+                             f"[1, {self.hidden_size}), got {proj_size}")
+        return int(proj_size)
+
+    @property
+    def output_size(self):
+        """Width of ``y``'s last axis: ``D * P`` (``P`` = ``proj_size`` or ``hidden_size``)."""
+        return self.num_directions * (self.proj_size or self.hidden_size)
+
+    # ------------------------------------------------------------------ mode
+
+    def train(self, mode=True):
+        """Training mode (torch's default): dropout between layers is applied; returns self."""
+        self.training = v.check_bool("mode", mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: no dropout; returns self."""
+        return self.train(False)
 
     # ------------------------------------------------------------------ parameters
 
@@ -80,29 +171,11 @@ class RecurrentLayer(ParameterLayer):
     def _parameter_shapes(self):
         shapes = {}
         for _, layer, _, suffix in self._directions():
-            in_size = self.input_size if layer == 0 else self.hidden_size * self.num_directions
-            for name, shape in self.cell.parameter_shapes(in_size, self.hidden_size,
-                                                          self.bias).items():
+            in_size = self.input_size if layer == 0 else self.output_size
+            for name, shape in self.cell.parameter_shapes(in_size, self.hidden_size, self.bias,
+                                                          self.proj_size).items():
                 shapes[name + suffix] = shape
         return shapes
-
-    def _initial_parameters(self, rng):
-        """torch's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H))."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        return {name: rng.uniform(-bound, bound, size=shape)
-                for name, shape in self._parameter_shapes().items()}
-
-    def _direction_parameters(self, xp, params, suffix, like):
-        """One layer-direction's parameters by registry name; zero biases without bias."""
-        out = {}
-        for p in self.cell.parameters:
-            if p.name + suffix in params:
-                out[p.name] = params[p.name + suffix]
-            else:              # bias=False: the kernels add a zero bias
-                out[p.name] = xp.zeros(p.shape_for({"G": self.cell.num_gates,
-                                                    "H": self.hidden_size}),
-                                       dtype=like.dtype, device=array_api_compat.device(like))
-        return out
 
     # ------------------------------------------------------------------ forward
 
@@ -145,15 +218,16 @@ class RecurrentLayer(ParameterLayer):
         elif self.batch_first:
             x = xp.permute_dims(x, (1, 0, 2))
         T, B, _ = x.shape
-        state0 = tuple(self._initial_state(xp, s, name, B, unbatched) for s, name in
-                       zip(state0, self._state_argument_names("state", "0")))
+        state0 = tuple(self._initial_state(xp, s, name, width, B, unbatched)
+                       for s, name, width in zip(state0, self._state_argument_names("state", "0"),
+                                                 self._state_widths()))
         if lengths is not None:
             if unbatched:
                 raise ValueError("lengths: not accepted with unbatched (2-D) input")
             lengths = xp.asarray(v.host_lengths(lengths, B, T, xp), dtype=xp.int32,
                                  device=array_api_compat.device(x))
 
-        saved, state_n = {}, []
+        saved, state_n, masks = {}, [], {}
         inputs = x
         for layer in range(self.num_layers):
             outputs = []
@@ -164,54 +238,43 @@ class RecurrentLayer(ParameterLayer):
                 outputs.append(y)
                 state_n.append(state_k)
             inputs = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-1)
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                masks[layer] = self._dropout_mask(xp, inputs)
+                inputs = inputs * masks[layer]
 
         y = self._to_user_layout(xp, inputs, unbatched)
         state = self._state_out(xp, state_n, unbatched)
         tape = Tape(self, saved, self._version, backend=backend, y_shape=tuple(y.shape),
-                    batch=B, unbatched=unbatched) if keep else None
+                    batch=B, unbatched=unbatched, dropout_masks=masks) if keep else None
         return y, state, tape
+
+    def _dropout_mask(self, xp, like):
+        r"""Inverted dropout, as torch: each element kept with probability ``1 - p``.
+
+        .. math:: \mathrm{mask} = \frac{[u \geq p]}{1 - p}, \quad u \sim U[0, 1)
+
+        drawn on the host from the layer's own seeded generator (the same
+        masks on every backend), then moved to the arrays' device.
+        """
+        keep = self._dropout_rng.random(tuple(like.shape)) >= self.dropout
+        mask = keep.astype(self.dtype) / np.asarray(1.0 - self.dropout, dtype=self.dtype)
+        return xp.asarray(mask, device=array_api_compat.device(like))
 
     # ------------------------------------------------------------------ states
 
-    def _state_argument_names(self, prefix, index=""):
-        """Names of the state arguments in messages: "state" or "state h0", "state c0"."""
-        names = self.cell.state_names
-        return [prefix] if len(names) == 1 else [f"{prefix} {n}{index}" for n in names]
+    def _state_widths(self):
+        """Width of each state (``h``: ``proj_size`` or ``H``; ``c``: ``H``)."""
+        return self.cell.state_shapes(self.hidden_size, self.proj_size)
 
-    def _split_state(self, state, name):
-        """The user's state argument as a tuple with one entry per state (None: zeros)."""
-        names = self.cell.state_names
-        if len(names) == 1:
-            if isinstance(state, (tuple, list)):
-                raise TypeError(f"{name}: expected one array h for {type(self).__name__}, "
-                                f"got a {type(state).__name__}")
-            return (state,)
-        if state is None:
-            return (None,) * len(names)
-        if not isinstance(state, (tuple, list)) or len(state) != len(names):
-            kind = "a pair" if len(names) == 2 else f"a tuple of {len(names)}"
-            raise TypeError(f"{name}: expected {kind} ({', '.join(names)}) for "
-                            f"{type(self).__name__}, got {describe(state)}")
-        if any(s is None for s in state) and not all(s is None for s in state):
-            raise ValueError(f"{name}: give {'both' if len(names) == 2 else 'all of'} "
-                             f"{_spoken(names)}, or {'neither' if len(names) == 2 else 'none'}")
-        return tuple(state)
-
-    def _join_state(self, states):
-        """The tuple of states in the user's form: ``h`` alone, or the tuple."""
-        return states[0] if len(states) == 1 else tuple(states)
-
-    def _state_shape(self, batch, unbatched):
+    def _initial_state(self, xp, h, name, width, batch, unbatched):
+        """A state argument as ``(L*D, B, width)`` (zeros for None), checked."""
         lead = self.num_layers * self.num_directions
-        return (lead, self.hidden_size) if unbatched else (lead, batch, self.hidden_size)
-
-    def _initial_state(self, xp, h, name, batch, unbatched):
-        shape = self._state_shape(batch, unbatched)
+        shape = (lead, width) if unbatched else (lead, batch, width)
         if h is None:
-            return xp.zeros((shape[0], batch, self.hidden_size), dtype=getattr(xp, self.dtype),
+            return xp.zeros((lead, batch, width), dtype=getattr(xp, self.dtype),
                             device=self._device_of(xp))
         v.check_array(name, h, len(shape), self.dtype, shape)
-        return xp.reshape(h, (shape[0], batch, self.hidden_size))
+        return xp.reshape(h, (lead, batch, width))
 
     def _state_out(self, xp, per_direction, unbatched):
         """Stack per-direction state tuples into the user's ``(L*D, B, H)`` form."""
@@ -267,17 +330,20 @@ class RecurrentLayer(ParameterLayer):
                             f"got {describe(dy)}")
         v.check_array("dy", dy, len(context["y_shape"]), self.dtype, context["y_shape"])
         B, unbatched = context["batch"], context["unbatched"]
-        dstate_n = tuple(self._initial_state(xp, d, name, B, unbatched)
-                         for d, name in zip(dstate_n, names))
+        dstate_n = tuple(self._initial_state(xp, d, name, width, B, unbatched)
+                         for d, name, width in zip(dstate_n, names, self._state_widths()))
 
-        H = self.hidden_size
+        P = self.proj_size or self.hidden_size
         dy = self._from_user_layout(xp, dy, unbatched)
         grads, dstate0 = {}, {}
+        masks = context["dropout_masks"]
         for layer in reversed(range(self.num_layers)):
+            if layer in masks:                 # y = y_layer * mask
+                dy = dy * masks[layer]
             dinputs = None
             for k, _, _, suffix in self._directions_of(layer):
                 d = k - layer * self.num_directions
-                dy_d = dy if self.num_directions == 1 else dy[..., d * H:(d + 1) * H]
+                dy_d = dy if self.num_directions == 1 else dy[..., d * P:(d + 1) * P]
                 dx, dstate0[k], direction_grads = context["backend"].backward_direction(
                     self.cell, dy_d, tuple(s[k, ...] for s in dstate_n), tape.saved[k])
                 for name, grad in direction_grads.items():
@@ -292,9 +358,11 @@ class RecurrentLayer(ParameterLayer):
 
     def __repr__(self):
         options = "".join(f", {k}={v!r}" for k, v in self.cell.layer_options.items())
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("dropout", "proj_size")
+                        if getattr(self, k))
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
                 f"num_layers={self.num_layers}{options}, bias={self.bias}, "
-                f"batch_first={self.batch_first}, bidirectional={self.bidirectional}, "
+                f"batch_first={self.batch_first}{extra}, bidirectional={self.bidirectional}, "
                 f"dtype={self.dtype!r}, device={self.device!r})")
 
 
@@ -306,7 +374,7 @@ class RNN(RecurrentLayer):
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, nonlinearity="tanh",
-                 bias=True, batch_first=False, dropout=0.0, bidirectional=False,
+                 bias=True, batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
                  dtype="float32", device="cpu", seed=None):
         cells = {cell.layer_options["nonlinearity"]: cell.name for cell in cells_of_layer("RNN")}
         if nonlinearity not in cells:
@@ -314,7 +382,7 @@ class RNN(RecurrentLayer):
         self.nonlinearity = nonlinearity
         super().__init__(cells[nonlinearity], input_size, hidden_size, num_layers, bias=bias,
                          batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
-                         dtype=dtype, device=device, seed=seed)
+                         proj_size=proj_size, dtype=dtype, device=device, seed=seed)
 
 
 class LSTM(RecurrentLayer):
@@ -324,16 +392,19 @@ class LSTM(RecurrentLayer):
         i, f, o = \sigma(\cdot),\ g = \tanh(\cdot)
             \text{ of } x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh} \\
         c_t = f \odot c_{t-1} + i \odot g, \qquad h_t = o \odot \tanh(c_t)
+
+    With ``proj_size = P > 0`` the output is projected, as in torch:
+    :math:`h_t = W_{hr} (o \odot \tanh(c_t))` with ``weight_hr_l{k}`` of shape
+    ``(P, H)``; ``h`` and ``y`` are then ``P`` wide (``c`` stays ``H``) and
+    ``weight_hh_l{k}`` is ``(4H, P)``.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
                  dtype="float32", device="cpu", seed=None):
-        if proj_size != 0:
-            raise ValueError(f"proj_size: only 0 is supported (no projection), got {proj_size!r}")
         super().__init__("lstm", input_size, hidden_size, num_layers, bias=bias,
                          batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
-                         dtype=dtype, device=device, seed=seed)
+                         proj_size=proj_size, dtype=dtype, device=device, seed=seed)
 
 
 class GRU(RecurrentLayer):
@@ -347,8 +418,17 @@ class GRU(RecurrentLayer):
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False,
+                 batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
                  dtype="float32", device="cpu", seed=None):
         super().__init__("gru", input_size, hidden_size, num_layers, bias=bias,
                          batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
-                         dtype=dtype, device=device, seed=seed)
+                         proj_size=proj_size, dtype=dtype, device=device, seed=seed)
+
+
+def _checked_dropout(dropout):
+    """``dropout`` as a float in [0, 1), or a clear error."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)):
+        raise TypeError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+    return float(dropout)

@@ -63,8 +63,8 @@ def rnn_relu_step_backward(dstate, state, kept):
 
 def lstm_step(gx, gh, state):
     """i, f, g, o = sig, sig, tanh, sig of gx + gh; c = f c + i g; h = o tanh(c)."""
-    h, c = state
-    H = h.shape[1]
+    _, c = state
+    H = c.shape[1]                       # h is proj_size wide with a projection
     a = gx + gh
     i, f = _sigmoid(a[:, :H]), _sigmoid(a[:, H:2 * H])
     g, o = np.tanh(a[:, 2 * H:3 * H]), _sigmoid(a[:, 3 * H:])
@@ -109,12 +109,22 @@ def gru_step_backward(dstate, state, kept):
 
 def _names(layer, reverse):
     s = f"_l{layer}" + ("_reverse" if reverse else "")
-    return "weight_ih" + s, "weight_hh" + s, "bias_ih" + s, "bias_hh" + s
+    return "weight_ih" + s, "weight_hh" + s, "bias_ih" + s, "bias_hh" + s, "weight_hr" + s
+
+
+def _state_widths(cell, params):
+    """Width of each state: h is P wide (weight_hh's columns), the others H."""
+    sizes = {"P": params["weight_hh_l0"].shape[1],
+             "H": params["weight_ih_l0"].shape[0] // cell.num_gates}
+    return tuple(sizes[s] for s in cell.state_sizes)
 
 
 def reference_forward(cell, params, x, state0=None, lengths=None, num_layers=1,
                       bidirectional=False):
     """Forward pass of a stacked (bi)directional layer; see the module docstring.
+
+    With ``weight_hr_l{k}`` in ``params`` (LSTM ``proj_size``) each step's
+    ``h`` is projected: ``h_t = m_t W_hr^T`` with ``m_t = o * tanh(c_t)``.
 
     Parameters
     ----------
@@ -123,36 +133,42 @@ def reference_forward(cell, params, x, state0=None, lengths=None, num_layers=1,
     params : dict
         PyTorch names (``weight_ih_l0``, ...); missing biases count as zero.
     x : (T, B, I) array
-    state0 : tuple of (L*D, B, H) arrays, optional
+    state0 : tuple of (L*D, B, width) arrays, optional
         One per state of the cell (``(h0,)`` or ``(h0, c0)``); zeros if None.
 
     Returns
     -------
-    y : (T, B, D*H) array
-    state_n : tuple of (L*D, B, H) arrays
+    y : (T, B, D*P) array
+    state_n : tuple of (L*D, B, width) arrays
     cache : for :func:`reference_backward`
     """
     forward_step = cell.reference_steps[0]
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
-    H = params["weight_hh_l0"].shape[1]
+    widths = _state_widths(cell, params)
+    P = widths[0]
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
     if state0 is None:
-        state0 = tuple(np.zeros((num_layers * D, B, H), x.dtype) for _ in cell.state_names)
+        state0 = tuple(np.zeros((num_layers * D, B, w), x.dtype) for w in widths)
     state_n, steps = tuple(np.zeros_like(s) for s in state0), {}
     inp = x
     for layer in range(num_layers):
         outs = []
         for d in range(D):
             idx = layer * D + d
-            w_ih, w_hh, b_ih, b_hh = (params.get(n, 0.0) for n in _names(layer, d == 1))
+            names = _names(layer, d == 1)
+            w_ih, w_hh, b_ih, b_hh = (params.get(n, 0.0) for n in names[:4])
+            w_hr = params.get(names[4])
             state = tuple(s[idx].copy() for s in state0)
-            y = np.zeros((T, B, H), x.dtype)
+            y = np.zeros((T, B, P), x.dtype)
             order = range(T - 1, -1, -1) if d else range(T)
             for t in order:
                 active = (t < lengths)[:, None]
                 new_state, kept = forward_step(inp[t] @ w_ih.T + b_ih, state[0] @ w_hh.T + b_hh,
                                                state)
+                if w_hr is not None:                  # h_t = m_t W_hr^T
+                    kept["m"] = new_state[0]
+                    new_state = (new_state[0] @ w_hr.T,) + new_state[1:]
                 steps[idx, t] = (state, kept, active)
                 y[t] = np.where(active, new_state[0], 0)
                 state = tuple(np.where(active, new, old) for new, old in zip(new_state, state))
@@ -161,8 +177,8 @@ def reference_forward(cell, params, x, state0=None, lengths=None, num_layers=1,
             outs.append(y)
         steps[layer, "input"] = inp
         inp = np.concatenate(outs, axis=2)
-    cache = {"cell": cell, "params": params, "steps": steps, "T": T, "D": D, "H": H,
-             "num_layers": num_layers}
+    cache = {"cell": cell, "params": params, "steps": steps, "T": T, "D": D, "P": P,
+             "widths": widths, "num_layers": num_layers}
     return inp, state_n, cache
 
 
@@ -174,11 +190,12 @@ def reference_backward(dy, dstate_n, cache):
     """
     cell, params, steps = cache["cell"], cache["params"], cache["steps"]
     backward_step = cell.reference_steps[1]
-    T, D, H = cache["T"], cache["D"], cache["H"]
-    shape = (cache["num_layers"] * D, dy.shape[1], H)
+    T, D, P = cache["T"], cache["D"], cache["P"]
+    lead, batch = cache["num_layers"] * D, dy.shape[1]
     if dstate_n is None:
         dstate_n = (None,) * cell.num_states
-    dstate_n = tuple(np.zeros(shape, dy.dtype) if d is None else d for d in dstate_n)
+    dstate_n = tuple(np.zeros((lead, batch, w), dy.dtype) if d is None else d
+                     for d, w in zip(dstate_n, cache["widths"]))
     dstate0 = tuple(np.zeros_like(d) for d in dstate_n)
     grads = {}
     for layer in reversed(range(cache["num_layers"])):
@@ -187,9 +204,8 @@ def reference_backward(dy, dstate_n, cache):
         for d in range(D):
             idx = layer * D + d
             names = _names(layer, d == 1)
-            w_ih, w_hh = params[names[0]], params[names[1]]
-            g = [np.zeros_like(w_ih), np.zeros_like(w_hh),
-                 np.zeros(w_ih.shape[0], dy.dtype), np.zeros(w_ih.shape[0], dy.dtype)]
+            w_ih, w_hh, w_hr = params[names[0]], params[names[1]], params.get(names[4])
+            g = {n: np.zeros_like(params[n]) for n in names if n in params}
             dstate = tuple(s[idx].copy() for s in dstate_n)
             order = range(T) if d else range(T - 1, -1, -1)    # reverse of forward
             for t in order:
@@ -197,19 +213,23 @@ def reference_backward(dy, dstate_n, cache):
                 # An inactive row's step is the identity on the state: it gets
                 # no gradient (zero gradients in, so all its terms vanish) and
                 # passes the state gradients through unchanged.
-                into = (dstate[0] + dy[t, :, d * H:(d + 1) * H],) + dstate[1:]
-                dgx, dgh, direct = backward_step(tuple(np.where(active, s, 0) for s in into),
-                                                 state, kept)
+                into = tuple(np.where(active, s, 0) for s in
+                             (dstate[0] + dy[t, :, d * P:(d + 1) * P],) + dstate[1:])
+                if w_hr is not None:                  # h_t = m_t W_hr^T
+                    g[names[4]] += into[0].T @ kept["m"]
+                    into = (into[0] @ w_hr,) + into[1:]
+                dgx, dgh, direct = backward_step(into, state, kept)
+                if w_hr is not None:                  # h_{t-1} enters only through W_hh
+                    direct = (np.zeros_like(dstate[0]),) + direct[1:]
                 dinp[t] += dgx @ w_ih
-                for acc, grad in zip(g, (dgx.T @ inp[t], dgh.T @ state[0],
-                                         dgx.sum(axis=0), dgh.sum(axis=0))):
-                    acc += grad
+                for n, grad in zip(names, (dgx.T @ inp[t], dgh.T @ state[0],
+                                           dgx.sum(axis=0), dgh.sum(axis=0))):
+                    if n in g:
+                        g[n] += grad
                 previous = (direct[0] + dgh @ w_hh,) + direct[1:]
                 dstate = tuple(np.where(active, new, old) for new, old in zip(previous, dstate))
             for s0, s in zip(dstate0, dstate):
                 s0[idx] = s
-            for n, grad in zip(names, g):
-                if n in params:
-                    grads[n] = grad
+            grads.update(g)
         dy = dinp
     return dy, dstate0, grads

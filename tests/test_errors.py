@@ -28,7 +28,10 @@ def x():
     (dict(dtype="complex64"), TypeError, "dtype"),
     (dict(dtype="float16"), TypeError, "dtype"),
     (dict(device="tpu"), ValueError, "device"),
-    (dict(dropout=0.5), ValueError, "dropout"),
+    (dict(dropout=1.0), ValueError, "dropout"),
+    (dict(dropout=-0.1), ValueError, "dropout"),
+    (dict(dropout="0.5"), TypeError, "dropout"),
+    (dict(proj_size=2), ValueError, "proj_size"),
     (dict(seed="abc"), TypeError, "seed"),
 ])
 def test_bad_constructor_arguments(kwargs, error, match):
@@ -41,8 +44,14 @@ def test_bad_constructor_arguments(kwargs, error, match):
 def test_bad_nonlinearity_and_projection():
     with pytest.raises(ValueError, match="nonlinearity"):
         rk.RNN(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match=r"proj_size: expected 0 \(none\) or an integer in \[1, hidden_size\)"):
+        rk.LSTM(3, 4, proj_size=4)
     with pytest.raises(ValueError, match="proj_size"):
-        rk.LSTM(3, 4, proj_size=2)
+        rk.LSTM(3, 4, proj_size=-1)
+    with pytest.raises(TypeError, match="proj_size"):
+        rk.LSTM(3, 4, proj_size=1.5)
+    with pytest.raises(ValueError, match="proj_size: only a cell with a projection"):
+        rk.RNN(3, 4, proj_size=2)
 
 
 @pytest.mark.parametrize("bad,error,match", [

@@ -36,18 +36,19 @@ def make_case(cfg):
     layer = make_layer(
         cfg["cell"], cfg["I"], cfg["H"], cfg["num_layers"], bias=cfg["bias"],
         batch_first=cfg["batch_first"], bidirectional=cfg["bidirectional"], dtype=cfg["dtype"],
-        seed=cfg["seed"])
+        seed=cfg["seed"], **({"proj_size": cfg["proj_size"]} if cfg.get("proj_size") else {}))
     T, B, dt = cfg["T"], cfg["B"], cfg["dtype"]
     D = 2 if cfg["bidirectional"] else 1
     x = rng.standard_normal((B, T, cfg["I"]) if cfg["batch_first"] else (T, B, cfg["I"])).astype(dt)
-    state_shape = (cfg["num_layers"] * D, B, cfg["H"])
+    widths = cfg["cell"].state_shapes(cfg["H"], cfg.get("proj_size", 0))
 
     def state():
-        states = tuple(rng.standard_normal(state_shape).astype(dt) for _ in cfg["cell"].state_names)
+        states = tuple(rng.standard_normal((cfg["num_layers"] * D, B, w)).astype(dt)
+                       for w in widths)
         return states if len(states) > 1 else states[0]
     h0 = state() if cfg["with_state"] else None
     dstate = state() if cfg["with_dstate"] else None
-    dy = rng.standard_normal(x.shape[:2] + (D * cfg["H"],)).astype(dt)
+    dy = rng.standard_normal(x.shape[:2] + (layer.output_size,)).astype(dt)
     return layer, x, h0, dy, dstate
 
 

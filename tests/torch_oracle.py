@@ -38,7 +38,8 @@ def torch_layer(layer):
     module = getattr(torch.nn, cell.layer)(
         layer.input_size, layer.hidden_size, num_layers=layer.num_layers, bias=layer.bias,
         batch_first=layer.batch_first, bidirectional=layer.bidirectional,
-        dtype=getattr(torch, layer.dtype), **cell.layer_options)
+        dtype=getattr(torch, layer.dtype), **cell.layer_options,
+        **({"proj_size": layer.proj_size} if layer.proj_size else {}))
     module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in layer.state_dict().items()})
     return module
 

@@ -114,7 +114,7 @@ def _backward_row_overload(rows, t, b, dy, carry, saved, history, dgx, dgh):
 
 @nb.njit(**JIT)
 def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, state, y, history, saved,
-                     gh):
+                     gh, w_hr_t, cell_state, cell_y, projected):
     """Run one layer-direction forward over all T steps.
 
     Parameters (outputs after the inputs they pair with)
@@ -122,15 +122,24 @@ def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, state, y, h
     rows : CellRows          the cell's rows
     blas : (int, int)        the GEMM to call (see gemm.gemm)
     gx : (T, B, G*H)         x @ W_ih^T + b_ih for every step
-    w_hh_t : (H, G*H)        W_hh transposed, C-contiguous
+    w_hh_t : (P, G*H)        W_hh transposed, C-contiguous (P = H without a projection)
     b_hh : (G*H,)
     lengths : (B,) int       row b is active at time t iff t < lengths[b]
     reverse : bool           t = T-1 ... 0
-    state : tuple of (B, H)  initial states on entry, final states on exit (h first)
-    y : (T, B, H)            outputs, zero where inactive
-    history : tuple of (T, B, H)   each state as it entered step t
+    state : tuple of (B, .)  initial states on entry, final states on exit (h first)
+    y : (T, B, P)            outputs, zero where inactive
+    history : tuple of (T, B, .)   each state as it entered step t
     saved : tuple of (T, B, W*H)   what the cell keeps for BPTT, zero where inactive
     gh : (B, G*H)            workspace
+    w_hr_t : (H, P)          the projection W_hr transposed (LSTM proj_size), or (0, 0)
+    cell_state, cell_y       what the rows update and write: ``state`` and ``y``
+                             themselves without a projection; with one, the
+                             unprojected m_t = o tanh(c_t): cell_state = (m (B, H),
+                             the other states), cell_y (T, B, H) keeps m_t for BPTT
+    projected : (B, P)       workspace of the projection (or (0, 0))
+
+    With a projection each step ends with ``h_t = m_t W_hr^T`` (one GEMM),
+    and ``y_t = h_t`` where the row is active.
     """
     T, B = gx.shape[0], gx.shape[1]
     h = state[0]
@@ -141,39 +150,64 @@ def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, state, y, h
         gemm(blas, h, w_hh_t, gh)                # gh = h_{t-1} W_hh^T
         for b in range(B):
             if t < lengths[b]:
-                forward_row(rows, t, b, gx, gh, b_hh, state, y, saved)
+                forward_row(rows, t, b, gx, gh, b_hh, cell_state, cell_y, saved)
             else:                               # padded step: state held, y = 0
-                y[t, b] = 0
+                cell_y[t, b] = 0
                 for k in range(len(saved)):
                     saved[k][t, b] = 0
+        if w_hr_t.shape[0] > 0:
+            gemm(blas, cell_state[0], w_hr_t, projected)     # h_t = m_t W_hr^T
+            for b in range(B):
+                if t < lengths[b]:
+                    h[b] = projected[b]
+                    y[t, b] = projected[b]
+                else:
+                    y[t, b] = 0
 
 
 @nb.njit(**JIT)
 def backward_sequence(rows, blas, dy, w_hh, lengths, reverse, history, saved, carry, dgx, dgh,
-                      dh_through_w):
+                      dh_through_w, w_hr, cell_carry, cell_dy, dh_projected):
     """Backpropagate one layer-direction through all T steps.
 
     Parameters (outputs after the inputs they pair with)
     ----------
     rows : CellRows          the cell's rows
     blas : (int, int)        the GEMM to call (see gemm.gemm)
-    dy : (T, B, H)           gradient of y
-    w_hh : (G*H, H)          C-contiguous
+    dy : (T, B, P)           gradient of y
+    w_hh : (G*H, P)          C-contiguous
     lengths, reverse, history, saved : as forward_sequence kept them
-    carry : tuple of (B, H)  gradient of the final states on entry, of the
+    carry : tuple of (B, .)  gradient of the final states on entry, of the
                              initial states on exit
     dgx : (T, B, G*H)        gradient of x @ W_ih^T + b_ih
     dgh : (T, B, G*H)        gradient of h @ W_hh^T + b_hh (the same array as
                              dgx unless the cell writes them apart)
-    dh_through_w : (B, H)    workspace
+    dh_through_w : (B, P)    workspace
+    w_hr : (P, H)            the projection (C-contiguous), or (0, 0)
+    cell_carry, cell_dy      what the rows read: ``carry`` and ``dy`` themselves
+                             without a projection; with one, (dm (B, H), the
+                             other carries) and zeros (T, B, H) (dy is in dm)
+    dh_projected : (T, B, P) with a projection: the gradient of each h_t, zero
+                             where inactive (for dW_hr); else (0, 0, 0)
+
+    With a projection, each step starts with ``dm = (dh + dy_t) W_hr``; the
+    direct path of ``h_{t-1}`` is then zero (it enters only through W_hh).
     """
     T, B = dy.shape[0], dy.shape[1]
     dh = carry[0]
     for s in range(T):
         t = s if reverse else T - 1 - s
+        if w_hr.shape[0] > 0:
+            for b in range(B):
+                if t < lengths[b]:
+                    dh_projected[t, b] = dh[b] + dy[t, b]
+                    dh[b] = 0
+                else:
+                    dh_projected[t, b] = 0
+            gemm(blas, dh_projected[t], w_hr, cell_carry[0])   # dm = dh_t W_hr
         for b in range(B):
             if t < lengths[b]:
-                backward_row(rows, t, b, dy, carry, saved, history, dgx, dgh)
+                backward_row(rows, t, b, cell_dy, cell_carry, saved, history, dgx, dgh)
             else:                               # padded step: the carries pass through
                 dgx[t, b] = 0
                 dgh[t, b] = 0

@@ -32,11 +32,15 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     T = x.shape[0]
     gx_all = xp.matmul(x, xp.permute_dims(params["weight_ih"], (1, 0))) + params["bias_ih"]
     w_hh_t = xp.permute_dims(params["weight_hh"], (1, 0))
-    ys, history, saved = [None] * T, [None] * T, [None] * T
+    projection = params.get("weight_hr")          # LSTM proj_size: h_t = m_t W_hr^T
+    ys, history, saved, m = [None] * T, [None] * T, [None] * T, [None] * T
     for t in time_order(T, reverse):
         active = _active_mask(xp, lengths, t, state[0])
         new_state, saved[t] = cell.forward_step(xp, gx_all[t, ...], xp.matmul(state[0], w_hh_t),
                                                 params["bias_hh"], state)
+        if projection is not None:
+            m[t] = new_state[0]
+            new_state = (xp.matmul(m[t], xp.permute_dims(projection, (1, 0))),) + new_state[1:]
         history[t] = state
         ys[t] = xp.where(active, new_state[0], xp.zeros_like(new_state[0]))
         state = _where_active(xp, active, new_state, state)
@@ -44,7 +48,7 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     if not keep:
         return y, state, None
     tape = {"x": x, "params": params, "lengths": lengths, "reverse": reverse,
-            "history": history, "saved": saved}
+            "history": history, "saved": saved, "m": m}
     return y, state, tape
 
 
@@ -52,12 +56,18 @@ def backward_direction(cell, dy, dstate_n, tape):
     xp = array_api_compat.array_namespace(dy)
     x, w_hh = tape["x"], tape["params"]["weight_hh"]
     T, B, I = x.shape
+    projection = tape["params"].get("weight_hr")
     dstate = dstate_n
-    dgx_all, dgh_all = [None] * T, [None] * T
+    dgx_all, dgh_all, dh_all = [None] * T, [None] * T, [None] * T
     for t in time_order(T, not tape["reverse"]):
         active = _active_mask(xp, tape["lengths"], t, dstate[0])
         into = (dstate[0] + dy[t, ...],) + tuple(dstate[1:])
+        if projection is not None:                # h_t = m_t W_hr^T: dm = dh W_hr
+            dh_all[t] = xp.where(active, into[0], xp.zeros_like(into[0]))
+            into = (xp.matmul(into[0], projection),) + into[1:]
         dgx, dgh, direct = cell.backward_step(xp, into, tape["saved"][t], tape["history"][t])
+        if projection is not None:                # h_{t-1} enters only through W_hh
+            direct = (xp.zeros_like(dstate[0]),) + tuple(direct[1:])
         zero = xp.zeros_like(dgx)
         dgx_all[t], dgh_all[t] = xp.where(active, dgx, zero), xp.where(active, dgh, zero)
         dstate = _where_active(xp, active, direct, dstate)
@@ -66,4 +76,6 @@ def backward_direction(cell, dy, dstate_n, tape):
     dx, grads = weight_gradients(xp, xp.matmul, xp.reshape(x, (T * B, I)),
                                  rows([h[0] for h in tape["history"]]), rows(dgx_all),
                                  rows(dgh_all), tape["params"]["weight_ih"])
+    if projection is not None:                    # dW_hr = sum_t dh_t^T m_t
+        grads["weight_hr"] = xp.matmul(xp.permute_dims(rows(dh_all), (1, 0)), rows(tape["m"]))
     return xp.reshape(dx, (T, B, I)), dstate, grads

@@ -261,6 +261,17 @@ class Sequential:
             layer.load_state_dict({name[len(prefix):]: value for name, value in state_dict.items()
                                    if name.startswith(prefix)})
 
+    def train(self, mode=True):
+        """Training mode for every layer that has one (dropout between recurrent layers); returns self."""
+        for layer in self.layers:
+            if hasattr(layer, "train"):
+                layer.train(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode for every layer that has one; returns self."""
+        return self.train(False)
+
     def to(self, device):
         """Move every layer to ``device``; returns self."""
         check_device(device)
@@ -374,7 +385,7 @@ def _recurrent_output_shape(layer, input_shape):
     if len(input_shape) not in (2, 3) or input_shape[-1] not in (None, layer.input_size):
         raise ValueError(f"input_shape: {type(layer).__name__} expects (..., {layer.input_size}), "
                          f"got {input_shape}")
-    return tuple(input_shape)[:-1] + (layer.hidden_size * layer.num_directions,)
+    return tuple(input_shape)[:-1] + (layer.output_size,)
 
 
 def _format_shape(shape):

@@ -113,45 +113,67 @@ def forward_direction_with(launcher, cell, x, params, state, lengths, reverse, *
     Parameters and returns as ``forward_direction`` in ``rnnkern.backends``;
     ``launcher`` has ``xp`` (the array module of the arrays) and
     ``launch(name, grid, block, args)``.
+
+    With a projection (``weight_hr`` in ``params``, LSTM ``proj_size``) the
+    step kernel computes ``m_t = o tanh(c_t)`` in place of ``h`` (its state
+    slot 0 and ``y_t`` are H wide buffers of their own), and each step ends
+    with ``h_t = m_t W_hr^T`` (GEMM) where the row is active.
     """
     xp = launcher.xp
     w_ih, w_hh = params["weight_ih"], params["weight_hh"]
     T, B, I = x.shape
-    GH, H = w_hh.shape
+    GH, P = w_hh.shape
+    H = GH // cell.num_gates
     dtype = x.dtype
     x_rows = xp.ascontiguousarray(x).reshape(T * B, I)
     gx = xp.matmul(x_rows, w_ih.T).reshape(T, B, GH)     # X W_ih^T: one GEMM for all steps
     gx += params["bias_ih"]
     lengths = int32_lengths(xp, lengths, B, T)
-    w_hh_t = xp.ascontiguousarray(w_hh.T)               # (H, G*H), read by every step's GEMM
+    w_hh_t = xp.ascontiguousarray(w_hh.T)               # (P, G*H), read by every step's GEMM
     b_hh = xp.ascontiguousarray(params["bias_hh"])
     schedule, first, last, slots = _state_slots(T, reverse, keep)
-    states = tuple(xp.empty((slots, B, H), dtype=dtype) for _ in cell.state_names)
+    states = tuple(xp.empty((slots, B, s.shape[-1]), dtype=dtype) for s in state)
     for buffer, initial in zip(states, state, strict=True):
         buffer[first] = initial
-    y = xp.empty((T, B, H), dtype=dtype)
+    y = xp.empty((T, B, P), dtype=dtype)
     # what BPTT keeps, one array per Cell.saved; inference overwrites one step
     saved = tuple(xp.empty((T if keep else 1, B, s.width * H), dtype=dtype) for s in cell.saved)
     gh = xp.empty((B, GH), dtype=dtype)
+    w_hr = params.get("weight_hr")
+    if w_hr is not None:         # the kernel's h: m_t, ping-pong; m_t of every step kept
+        cell_h = xp.zeros((2, B, H), dtype=dtype)
+        cell_y = xp.empty((T if keep else 1, B, H), dtype=dtype)
+        w_hr_t = xp.ascontiguousarray(w_hr.T)           # (H, P)
+        projected = xp.empty((B, P), dtype=dtype)
 
     name = kernel_name(cell, "forward", dtype)
     grid, block = elementwise_launch(B * H)
     for k, (t, prev, nxt) in enumerate(schedule):
         xp.matmul(states[0][prev], w_hh_t, out=gh)    # gh = h_{t-1} W_hh^T
         step = t if keep else 0
-        args = forward_step_arguments([s[nxt] for s in states], y[t], [a[step] for a in saved],
-                                      gx[t], gh, b_hh, [s[prev] for s in states], lengths, t,
-                                      B, H)
+        state_next, state_prev = [s[nxt] for s in states], [s[prev] for s in states]
+        y_t = y[t]
+        if w_hr is not None:
+            state_next[0], state_prev[0] = cell_h[1 - k % 2], cell_h[k % 2]
+            y_t = cell_y[step]
+        args = forward_step_arguments(state_next, y_t, [a[step] for a in saved], gx[t], gh, b_hh,
+                                      state_prev, lengths, t, B, H)
         if k == 0:
             check_launch(name, grid, block, args, xp)
         launcher.launch(name, grid, block, args)
+        if w_hr is not None:                           # h_t = m_t W_hr^T where active
+            xp.matmul(state_next[0], w_hr_t, out=projected)
+            active = xp.reshape(lengths > t, (B, 1))
+            states[0][nxt] = xp.where(active, projected, states[0][prev])
+            y[t] = xp.where(active, projected, xp.zeros_like(projected))
 
     state_n = tuple(s[last] for s in states)
     if not keep:
         return y, state_n, None
     seen = slice(1, T + 1) if reverse else slice(0, T)   # the states entering each step
-    tape = {"x_rows": x_rows, "w_ih": w_ih, "w_hh": w_hh, "lengths": lengths,
-            "reverse": reverse, "history": tuple(s[seen] for s in states), "saved": saved}
+    tape = {"x_rows": x_rows, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "lengths": lengths,
+            "reverse": reverse, "history": tuple(s[seen] for s in states), "saved": saved,
+            "m": cell_y if w_hr is not None else None}
     return y, state_n, tape
 
 
@@ -159,30 +181,50 @@ def backward_direction_with(launcher, cell, dy, dstate_n, tape):
     """The BPTT orchestration, with kernels run by ``launcher``.
 
     Parameters and returns as ``backward_direction`` in ``rnnkern.backends``.
+
+    With a projection each step starts with ``dm = dh_t W_hr`` (``dh_t``: all
+    of the gradient reaching ``h_t``), which the kernel sees as its ``dh``;
+    the direct path of ``h_{t-1}`` is zero (it enters only through W_hh), and
+    ``dW_hr = sum_t dh_t^T m_t`` is one GEMM at the end.
     """
     xp = launcher.xp
     x_rows, w_ih, w_hh = tape["x_rows"], tape["w_ih"], tape["w_hh"]
-    history, saved = tape["history"], tape["saved"]
-    T, B, H = history[0].shape
+    history, saved, w_hr = tape["history"], tape["saved"], tape["w_hr"]
+    T, B, P = history[0].shape
     GH = w_hh.shape[0]
+    H = GH // cell.num_gates
     dtype = dy.dtype
     dy = xp.ascontiguousarray(dy)
     # d gx, and d gh where the cell writes it apart (else d gh is d gx)
     dgates = tuple(xp.empty((T, B, GH), dtype=dtype) for _ in cell.step_gradients)
     dgx, dgh = dgates[0], dgates[-1]
     # The carried gradients, ping-pong: step k reads [k % 2] and writes [1 - k % 2].
-    carry = tuple(xp.empty((2, B, H), dtype=dtype) for _ in cell.state_names)
+    carry = tuple(xp.empty((2, B, d.shape[-1]), dtype=dtype) for d in dstate_n)
     for buffer, final in zip(carry, dstate_n, strict=True):
         buffer[0] = final
-    dh_recurrent = xp.zeros((B, H), dtype=dtype)       # dgh_{t+1} W_hh; none after the last step
+    dh_recurrent = xp.zeros((B, P), dtype=dtype)       # dgh_{t+1} W_hh; none after the last step
+    if w_hr is not None:         # what the kernel sees as h: H wide, of its own
+        dh_projected = xp.empty((T, B, P), dtype=dtype)
+        dm = xp.empty((B, H), dtype=dtype)
+        zeros_h = xp.zeros((B, H), dtype=dtype)        # dy_t, dh_recurrent, h_{t-1} for the kernel
+        unused_dm_prev = xp.empty((B, H), dtype=dtype)
 
     name = kernel_name(cell, "backward", dtype)
     grid, block = elementwise_launch(B * H)
     for k, t in enumerate(time_order(T, not tape["reverse"])):
         read, write = k % 2, 1 - k % 2
-        args = backward_step_arguments([d[t] for d in dgates], [c[write] for c in carry], dy[t],
-                                       dh_recurrent, [c[read] for c in carry],
-                                       [a[t] for a in saved], [s[t] for s in history],
+        dstate, dstate_prev = [c[read] for c in carry], [c[write] for c in carry]
+        state_prev, dy_t, recurrent = [s[t] for s in history], dy[t], dh_recurrent
+        if w_hr is not None:
+            active = xp.reshape(tape["lengths"] > t, (B, 1))
+            dh_t = dstate[0] + dh_recurrent + dy[t]
+            dh_projected[t] = xp.where(active, dh_t, xp.zeros_like(dh_t))
+            xp.matmul(dh_projected[t], w_hr, out=dm)   # dm = dh_t W_hr
+            carry[0][write] = xp.where(active, xp.zeros_like(dh_t), dstate[0] + dh_recurrent)
+            dstate[0], dstate_prev[0], state_prev[0] = dm, unused_dm_prev, zeros_h
+            dy_t, recurrent = zeros_h, zeros_h
+        args = backward_step_arguments([d[t] for d in dgates], dstate_prev, dy_t, recurrent,
+                                       dstate, [a[t] for a in saved], state_prev,
                                        tape["lengths"], t, B, H)
         if k == 0:
             check_launch(name, grid, block, args, xp)
@@ -191,6 +233,9 @@ def backward_direction_with(launcher, cell, dy, dstate_n, tape):
 
     last = T % 2
     dstate0 = (carry[0][last] + dh_recurrent,) + tuple(c[last] for c in carry[1:])
-    dx_rows, grads = weight_gradients(xp, xp.matmul, x_rows, history[0].reshape(T * B, H),
+    dx_rows, grads = weight_gradients(xp, xp.matmul, x_rows, history[0].reshape(T * B, P),
                                       dgx.reshape(T * B, GH), dgh.reshape(T * B, GH), w_ih)
+    if w_hr is not None:         # dW_hr = sum_t dh_t^T m_t
+        grads["weight_hr"] = xp.matmul(dh_projected.reshape(T * B, P).T,
+                                       tape["m"].reshape(T * B, H))
     return dx_rows.reshape(T, B, w_ih.shape[1]), dstate0, grads

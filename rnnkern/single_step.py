@@ -1,0 +1,279 @@
+"""Single-step cells with PyTorch's semantics: ``RNNCell``, ``LSTMCell``, ``GRUCell``.
+
+A cell advances one time step: ``h' = cell(x, h)`` (``(h', c') = cell(x, (h,
+c))`` for the ``LSTMCell``), as ``torch.nn.RNNCell/LSTMCell/GRUCell``.  It runs
+on the very kernels of the layers: one step is a layer-direction with
+``T = 1``, handed to the backend the arrays select (``rnnkern.backends``)::
+
+    forward   y, state', saved = forward_direction(cell, x[None], params, state, None, False)
+              state' is the answer (y[0] is h', the same values)
+    backward  dx, dstate, grads = backward_direction(cell, 0, dstate', saved)
+              the gradient of h' comes in as the final state's gradient, so
+              dy (the same h' seen as the output) is zero
+
+Shapes::
+
+    x          (B, I)   or (I,) unbatched
+    h, c       (B, H)   or (H,) unbatched; zeros when the state is None
+
+Parameters are named and shaped as in ``torch.nn``'s cells (no layer suffix):
+``weight_ih`` ``(G*H, I)``, ``weight_hh`` ``(G*H, H)``, ``bias_ih``,
+``bias_hh`` ``(G*H,)``, initialised from U(-1/sqrt(H), 1/sqrt(H)); a cell's
+``state_dict`` loads into ``torch.nn.<Layer>Cell`` and back unchanged.
+
+Which registry entry a class computes follows from the registry alone: the
+entry whose ``Cell.layer`` is the class's ``layer`` and whose
+``Cell.layer_options`` are the constructor's options (``nonlinearity``).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import validation as v
+from .backends import backend_for
+from .cells import cells_of_layer
+from .devices import check_device
+from .dispatch import namespace_of
+from .parameters import ParameterLayer
+from .recurrent import RegistryCellMixin
+from .tape import Tape, check_tape
+from .validation import describe
+
+__all__ = ["RecurrentCell", "RNNCell", "LSTMCell", "GRUCell"]
+
+
+def _registry_cell(layer, options):
+    """The registry entry of ``layer`` whose ``layer_options`` equal ``options``."""
+    cells = cells_of_layer(layer)
+    for cell in cells:
+        if cell.layer_options == options:
+            return cell
+    for key, value in options.items():
+        allowed = sorted({c.layer_options[key] for c in cells if key in c.layer_options})
+        if value not in allowed:
+            raise ValueError(f"{key}: expected one of {allowed}, got {value!r}")
+    raise ValueError(f"no {layer} cell in the registry has the options {options!r}")
+
+
+class RecurrentCell(RegistryCellMixin, ParameterLayer):
+    """One step of any registry cell: the shared code of ``RNNCell``, ``LSTMCell``, ``GRUCell``.
+
+    Subclasses set ``layer`` (the registry's ``Cell.layer``) and pass the
+    options that pick the entry (``nonlinearity`` for ``RNNCell``).
+
+    Attributes
+    ----------
+    cell : rnnkern.cells.Cell
+        The registry entry computed.
+    input_size, hidden_size : int
+    bias : bool
+    dtype : str
+    device : str
+    """
+
+    layer = None
+
+    proj_size = 0               # torch's cells have no projection
+
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype="float32", device="cpu",
+                 seed=None, **layer_options):
+        self.cell = _registry_cell(self.layer, layer_options)
+        self.input_size = v.check_positive_int("input_size", input_size)
+        self.hidden_size = v.check_positive_int("hidden_size", hidden_size)
+        self.bias = v.check_bool("bias", bias)
+        dtype = v.check_float_dtype("dtype", dtype)
+        check_device(device)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed: expected an integer or None, got {seed!r}")
+        self._init_parameters(self._initial_parameters(np.random.default_rng(seed)), dtype, device)
+
+    def _parameter_shapes(self):
+        return self.cell.parameter_shapes(self.input_size, self.hidden_size, self.bias)
+
+    # ------------------------------------------------------------------ forward
+
+    def __call__(self, x, state=None):
+        """``state' = cell(x, state)`` as with ``torch.nn``: inference, no tape is kept."""
+        return self._step(x, state, keep=False)[0]
+
+    def forward(self, x, state=None):
+        """Run one step; return ``(state', tape)``.
+
+        Parameters
+        ----------
+        x : array
+            ``(B, I)``, or ``(I,)`` unbatched.
+        state : array or (array, array) or None
+            ``h`` (``(h, c)`` for the ``LSTMCell``), ``(B, H)`` or ``(H,)``
+            unbatched; zeros if None.
+
+        Returns
+        -------
+        state' : array or (array, array)
+            ``h'`` (``(h', c')``), shaped as ``state``.
+        tape : Tape
+            For ``backward``.  It keeps copies of the parameters it ran with,
+            so an optimizer may update them in place before ``backward``.
+        """
+        return self._step(x, state, keep=True)
+
+    def _step(self, x, state, keep):
+        names = self._state_argument_names("state")
+        state = self._split_state(state, "state")
+        xp = namespace_of(x, *state, names=["x", *names])
+        backend = backend_for(xp)
+        params = self._parameters_for(xp)
+        if keep:
+            params = {name: xp.asarray(p, copy=True) for name, p in params.items()}
+        v.check_array("x", x, (1, 2), self.dtype, (None,) * (x.ndim - 1) + (self.input_size,))
+        unbatched = x.ndim == 1
+        batch = 1 if unbatched else x.shape[0]
+        state = tuple(self._batched_state(xp, s, name, batch, unbatched)
+                      for s, name in zip(state, names))
+        _, state_n, saved = backend.forward_direction(
+            self.cell, xp.reshape(x, (1, batch, self.input_size)),
+            self._direction_parameters(xp, params, "", x), state, None, False, keep=keep)
+        tape = Tape(self, saved, self._version, backend=backend, xp=xp, batch=batch,
+                    unbatched=unbatched, x_shape=tuple(x.shape)) if keep else None
+        return self._user_state(xp, state_n, unbatched), tape
+
+    # ------------------------------------------------------------------ states
+
+    def _batched_state(self, xp, s, name, batch, unbatched):
+        """A state argument as ``(B, H)``: checked, or zeros for None."""
+        if s is None:
+            return xp.zeros((batch, self.hidden_size), dtype=getattr(xp, self.dtype),
+                            device=self._device_of(xp))
+        shape = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
+        v.check_array(name, s, len(shape), self.dtype, shape)
+        return xp.reshape(s, (batch, self.hidden_size))
+
+    def _user_state(self, xp, states, unbatched):
+        """``(B, H)`` states -> the user's form (``(H,)`` unbatched; ``h`` or the tuple)."""
+        return self._join_state([xp.reshape(s, (self.hidden_size,)) if unbatched else s
+                                 for s in states])
+
+    # ------------------------------------------------------------------ backward
+
+    def backward(self, dstate, tape):
+        """Backpropagate through the step.
+
+        Parameters
+        ----------
+        dstate : array or (array, array) or None
+            Gradient of the loss with respect to the returned state: ``dh``,
+            or the pair ``(dh, dc)`` for the ``LSTMCell``; None means zeros.
+        tape : Tape
+            What ``forward`` returned with that state.
+
+        Returns
+        -------
+        dx : array
+            Gradient with respect to ``x`` (same shape as ``x``).
+        dstate0 : array or (array, array)
+            Gradient with respect to the state entering the step.
+        grads : dict
+            One gradient per parameter, under its ``state_dict`` name.
+        """
+        check_tape(tape, self)
+        context = tape.context
+        names = self._state_argument_names("dstate")
+        dstate = self._split_state(dstate, "dstate")
+        backend, xp = context["backend"], context["xp"]
+        given = [(name, d) for name, d in zip(names, dstate) if d is not None]
+        if given:
+            xp = namespace_of(*(d for _, d in given), names=[name for name, _ in given])
+            if backend_for(xp) is not backend:
+                raise TypeError(f"{given[0][0]}: expected an array of the library the tape was "
+                                f"recorded with ({backend.__name__.rsplit('.', 1)[-1]}), "
+                                f"got {describe(given[0][1])}")
+        batch, unbatched = context["batch"], context["unbatched"]
+        dstate = tuple(self._batched_state(xp, d, name, batch, unbatched)
+                       for d, name in zip(dstate, names))
+        H = self.hidden_size
+        dy = xp.zeros((1, batch, H), dtype=dstate[0].dtype, device=self._device_of(xp))
+        dx, dstate0, grads = backend.backward_direction(self.cell, dy, dstate, tape.saved)
+        grads = {name: grads[name] for name in self._params}    # none for biases without bias
+        return (xp.reshape(dx, context["x_shape"]), self._user_state(xp, dstate0, unbatched),
+                grads)
+
+    def __repr__(self):
+        options = "".join(f", {k}={v!r}" for k, v in self.cell.layer_options.items())
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, bias={self.bias}"
+                f"{options}, dtype={self.dtype!r}, device={self.device!r})")
+
+
+class RNNCell(RecurrentCell):
+    r"""One step of an Elman RNN, as ``torch.nn.RNNCell``.
+
+    .. math:: h' = \phi(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh}),
+              \quad \phi = \tanh \text{ or } \mathrm{relu}
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    bias : bool, default True
+        Without bias, ``bias_ih`` and ``bias_hh`` do not exist.
+    nonlinearity : {"tanh", "relu"}
+    dtype : {"float32", "float64"}
+    device : {"cpu", "cuda"}
+    seed : int, optional
+        Seed of the U(-1/sqrt(H), 1/sqrt(H)) initialisation.
+
+    ``h = cell(x, h)``; ``h, tape = cell.forward(x, h)``;
+    ``dx, dh0, grads = cell.backward(dh, tape)``.
+    """
+
+    layer = "RNN"
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
+                 dtype="float32", device="cpu", seed=None):
+        super().__init__(input_size, hidden_size, bias, dtype=dtype, device=device, seed=seed,
+                         nonlinearity=nonlinearity)
+        self.nonlinearity = nonlinearity
+
+
+class LSTMCell(RecurrentCell):
+    r"""One step of a long short-term memory, as ``torch.nn.LSTMCell`` (gates i, f, g, o).
+
+    .. math::
+        i, f, o = \sigma(\cdot),\ g = \tanh(\cdot)
+            \text{ of } x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh} \\
+        c' = f \odot c + i \odot g, \qquad h' = o \odot \tanh(c')
+
+    Parameters as for :class:`RNNCell`, without ``nonlinearity``.
+
+    ``(h, c) = cell(x, (h, c))``; ``(h, c), tape = cell.forward(x, (h, c))``;
+    ``dx, (dh0, dc0), grads = cell.backward((dh, dc), tape)``.
+    """
+
+    layer = "LSTM"
+
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype="float32", device="cpu",
+                 seed=None):
+        super().__init__(input_size, hidden_size, bias, dtype=dtype, device=device, seed=seed)
+
+
+class GRUCell(RecurrentCell):
+    r"""One step of a gated recurrent unit, as ``torch.nn.GRUCell`` (gates r, z, n; cuDNN form).
+
+    .. math::
+        r = \sigma(x W_{ir}^T + b_{ir} + h W_{hr}^T + b_{hr}), \quad
+        z = \sigma(x W_{iz}^T + b_{iz} + h W_{hz}^T + b_{hz}) \\
+        n = \tanh(x W_{in}^T + b_{in} + r \odot (h W_{hn}^T + b_{hn})), \quad
+        h' = (1 - z) \odot n + z \odot h
+
+    Parameters as for :class:`RNNCell`, without ``nonlinearity``.
+
+    ``h = cell(x, h)``; ``h, tape = cell.forward(x, h)``;
+    ``dx, dh0, grads = cell.backward(dh, tape)``.
+    """
+
+    layer = "GRU"
+
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype="float32", device="cpu",
+                 seed=None):
+        super().__init__(input_size, hidden_size, bias, dtype=dtype, device=device, seed=seed)
