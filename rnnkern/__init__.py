@@ -13,6 +13,7 @@ parameter names and semantics.
 
 from .cells import CELLS, Cell, cell_for
 from .dispatch import backend_name, namespace_of
+from .interop import from_keras, from_torch, to_keras, to_torch
 from .recurrent import GRU, LSTM, RNN
 from .single_step import GRUCell, LSTMCell, RNNCell
 from .tape import Tape
@@ -20,4 +21,5 @@ from .tape import Tape
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Tape", "Cell", "CELLS", "cell_for",
+           "from_torch", "to_torch", "from_keras", "to_keras",
            "namespace_of", "backend_name", "__version__"]

@@ -356,6 +356,11 @@ class RecurrentLayer(RegistryCellMixin, ParameterLayer):
         grads = {name: grads[name] for name in self._params}     # state_dict order
         return self._to_user_layout(xp, dy, unbatched), dstate0, grads
 
+    def to_torch(self):
+        """The equivalent ``torch.nn`` module, weights copied (see ``rnnkern.to_torch``)."""
+        from .interop import to_torch
+        return to_torch(self)
+
     def __repr__(self):
         options = "".join(f", {k}={v!r}" for k, v in self.cell.layer_options.items())
         extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("dropout", "proj_size")

@@ -200,6 +200,11 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         return (xp.reshape(dx, context["x_shape"]), self._user_state(xp, dstate0, unbatched),
                 grads)
 
+    def to_torch(self):
+        """The equivalent ``torch.nn`` module, weights copied (see ``rnnkern.to_torch``)."""
+        from .interop import to_torch
+        return to_torch(self)
+
     def __repr__(self):
         options = "".join(f", {k}={v!r}" for k, v in self.cell.layer_options.items())
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, bias={self.bias}"

@@ -364,6 +364,10 @@ class Sequential:
             count = sum(math.prod(p.shape) for p in layer.parameters().values())
             rows.append((f"{k} ({type(layer).__name__})", _format_shape(shape), f"{count:,}"))
         total = sum(math.prod(p.shape) for p in self.parameters().values())
+        notes = (["Recurrent layers keep torch's two biases (bias_ih, bias_hh); Keras's "
+                  "SimpleRNN and LSTM keep one, G*H fewer per layer-direction."]
+                 if any(isinstance(layer, RecurrentLayer) and layer.bias for layer in self.layers)
+                 else [])
         width = (28, 26, 12)
         line = lambda cells: "".join(str(c).ljust(w) for c, w in zip(cells, width)).rstrip()
         rule = "=" * sum(width)
@@ -371,7 +375,7 @@ class Sequential:
                           line(("Layer (type)", "Output Shape", "Param #")), rule,
                           *(line(r) for r in rows), rule,
                           f"Total params: {total:,}", f"Trainable params: {total:,}",
-                          "Non-trainable params: 0", "_" * sum(width)])
+                          "Non-trainable params: 0", "_" * sum(width), *notes])
         print_fn(text)
         return text
 
