@@ -50,8 +50,9 @@ def test_bad_nonlinearity_and_projection():
         rk.LSTM(3, 4, proj_size=-1)
     with pytest.raises(TypeError, match="proj_size"):
         rk.LSTM(3, 4, proj_size=1.5)
-    with pytest.raises(ValueError, match="proj_size: only a cell with a projection"):
-        rk.RNN(3, 4, proj_size=2)
+    for layer in (rk.RNN, rk.GRU):
+        with pytest.raises(ValueError, match="proj_size: only a cell with a projection"):
+            layer(3, 4, proj_size=2)
 
 
 @pytest.mark.parametrize("bad,error,match", [
