@@ -1,12 +1,14 @@
-"""Command line: ``python -m rnnkern demo ...`` and ``python -m rnnkern bench ...``."""
+"""Command line: ``python -m rnnkern demo|train|predict|bench ...``."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = """usage: python -m rnnkern {demo,bench} [options]
+USAGE = """usage: python -m rnnkern {demo,train,predict,bench} [options]
 
   demo    train a character-level LSTM (or `demo sine`) and generate text
+  train   a batch training job from a TOML config (checkpoints, resume, MPI ranks)
+  predict batch inference with a trained checkpoint (in chunks, or on Dask)
   bench   time rnnkern against torch.nn and a plain NumPy reference
 
 Run `python -m rnnkern COMMAND --help` for the options of a command."""
@@ -20,6 +22,10 @@ def main(argv=None):
     command, rest = argv[0], argv[1:]
     if command == "demo":
         from .demos import main as run
+    elif command == "train":
+        from .batch.train import main as run
+    elif command == "predict":
+        from .batch.predict import main as run
     elif command == "bench":
         from .bench import main as run
     else:
