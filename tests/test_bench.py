@@ -193,3 +193,16 @@ def test_shape_selection_and_parsing(monkeypatch):
     monkeypatch.setenv(SHAPES_VARIABLE, "huge")
     with pytest.raises(ValueError, match=SHAPES_VARIABLE):
         shape_selection()
+
+
+def test_plot_draws_or_says_how_to_get_matplotlib(tmp_path):
+    """``--plot``: a PNG where matplotlib is installed, else exit 2 naming the extra."""
+    picture = tmp_path / "speed.png"
+    completed = _run_bench("--plot", str(picture), "--shape", "3,2,4,8", "--repeats", "1")
+    if importlib.util.find_spec("matplotlib") is None:
+        assert completed.returncode == 2, completed.stderr
+        assert "pip install matplotlib" in completed.stderr
+        assert not picture.exists()
+    else:
+        assert completed.returncode == 0, completed.stderr
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

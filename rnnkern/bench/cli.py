@@ -91,6 +91,14 @@ def main(argv=None):
     """Run the benchmark; return the exit status (0 ok, 1 a worker failed, 2 bad usage)."""
     args = _parse_arguments(argv)
     threads = args.threads or _usable_cores()
+    if args.gate or args.update_baseline:
+        from .gate import main as gate
+
+        return gate(["--update-baseline"] if args.update_baseline else [])
+    if args.compare:
+        return _compare(args)
+    if args.plot:
+        return _plot(args, threads)
     cells = args.cell or list(DEFAULT_CELLS)
     shapes = args.shape or list(shapes_for(args.device))
     cases = [(cell, shape) for shape in shapes for cell in cells]
@@ -160,7 +168,70 @@ def _parse_arguments(argv):
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the parameters and inputs. Default: 0")
+    parser.add_argument("--gate", action="store_true",
+                        help="instead of timing: compare the deterministic metrics (memory, "
+                             "BLAS calls, FLOPs, launches) with asv_bench/baseline_metrics.json "
+                             "(python -m rnnkern.bench.gate); exit 1 on a regression")
+    parser.add_argument("--update-baseline", action="store_true",
+                        help="write the current deterministic metrics as the baseline")
+    parser.add_argument("--compare", metavar="REV",
+                        help="instead of the table: time git revision REV against the working "
+                             "tree (or --tree) in alternating fresh processes and report each "
+                             "ratio new/old with a 95%% bootstrap interval "
+                             "(rnnkern.bench.compare); exit 1 if significantly slower. "
+                             "Default cell lstm, the device's second shape, --threads 1")
+    parser.add_argument("--tree", metavar="DIR",
+                        help="with --compare: the source tree to compare with REV. "
+                             "Default: the working tree of this checkout")
+    parser.add_argument("--pairs", type=_positive_int, default=10,
+                        help="with --compare: pairs of processes (old, new). Default: 10")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="instead of the table: draw the time of rnnkern and torch against "
+                             "batch and hidden size (rnnkern.bench.plot; needs matplotlib). "
+                             "Default cell lstm; --shape gives the base shape of the sweeps")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="with --compare: time each call by the process's CPU time (robust "
+                             "to other processes, with one thread) or wall time. Default: cpu")
     return parser.parse_args(argv)
+
+
+def _plot(args, threads):
+    """``--plot FILE``: see :mod:`rnnkern.bench.plot`."""
+    from . import plot
+
+    if args.device != "cpu":
+        print("--plot: --device cpu only", file=sys.stderr)
+        return 2
+    cells = args.cell or ["lstm"]
+    base = args.shape[0] if args.shape else plot.BASE_SHAPE
+    try:
+        seconds, missing = plot.measure_sweep(cells, base, args.dtype, args.repeats, threads,
+                                              _thread_environment(threads))
+    except WorkerError as err:
+        print(err, file=sys.stderr)
+        return 1
+    try:
+        plot.draw(args.plot, seconds, missing, cells, base,
+                  f"rnnkern vs torch.nn, {args.dtype}, {threads} threads, CPU, "
+                  f"median of {args.repeats} calls; source {_source_revision()}")
+    except ImportError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(f"wrote {args.plot}")
+    return 0
+
+
+def _compare(args):
+    """``--compare REV``: see :mod:`rnnkern.bench.compare`."""
+    from .compare import run_compare
+
+    if args.device != "cpu":
+        print("--compare: --device cpu only", file=sys.stderr)
+        return 2
+    shapes = args.shape or [shapes_for(args.device)[min(1, len(shapes_for(args.device)) - 1)]]
+    return run_compare(args.compare, args.cell or ["lstm"], shapes, args.dtype, args.pairs,
+                       args.repeats, _thread_environment(args.threads or 1), tree=args.tree,
+                       json_path=args.json, clock=args.clock)
 
 
 def _shape_argument(text):

@@ -1,0 +1,66 @@
+"""Deterministic metrics as asv ``track_`` benchmarks: memory, BLAS calls, FLOPs, launches.
+
+The values come from :func:`rnnkern.bench.metrics.measure` (see that module
+for what each counts and how), the function the regression gate
+(``python -m rnnkern.bench.gate``) compares with
+``asv_bench/baseline_metrics.json``.  They do not depend on machine noise, so
+their asv history shows a step exactly at the commit that changed them.
+
+- :class:`NumbaMetrics`: NumPy arrays on the Numba backend: traced peak and
+  kept bytes, BLAS calls and FLOPs per pass.
+- :class:`EmulatedCudaMetrics`: the CUDA backend's orchestration run by the
+  host emulation (no GPU needed): kernel launches, cuBLAS-side GEMM calls and
+  FLOPs per pass.
+
+Parameter: ``cell``, every cell of the registry; shape and dtype are fixed
+(``METRIC_SHAPE``, ``METRIC_DTYPE``), so the history of a figure is one line.
+"""
+
+from rnnkern.bench import metrics
+from rnnkern.bench.shapes import CELLS
+
+_MEASURED = {}
+
+
+def _measured(cell, backend):
+    """``measure(cell, backend)``, once per process for all the track_ methods."""
+    if (cell, backend) not in _MEASURED:
+        _MEASURED[(cell, backend)] = metrics.measure(cell, backend)
+    return _MEASURED[(cell, backend)]
+
+
+def _track(backend, metric):
+    def track(self, cell):
+        return _measured(cell, backend)[metric]
+
+    track.__name__ = f"track_{metric}"
+    track.__doc__ = f"``{metric}`` of ``rnnkern.bench.metrics.measure(cell, {backend!r})``."
+    track.unit = metrics.unit_of(metric)
+    return track
+
+
+class NumbaMetrics:
+    """Memory, BLAS calls and FLOPs of one layer on the Numba backend."""
+
+    params = [list(CELLS)]
+    param_names = ["cell"]
+    timeout = 300
+
+    def setup(self, cell):
+        _measured(cell, "numba")
+
+
+class EmulatedCudaMetrics:
+    """Kernel launches, GEMM calls and FLOPs of the CUDA path, in the host emulation."""
+
+    params = [list(CELLS)]
+    param_names = ["cell"]
+    timeout = 300
+
+    def setup(self, cell):
+        _measured(cell, "cuda-emulated")
+
+
+for _class, _backend in ((NumbaMetrics, "numba"), (EmulatedCudaMetrics, "cuda-emulated")):
+    for _metric in metrics.METRICS[_backend]:
+        setattr(_class, f"track_{_metric}", _track(_backend, _metric))
