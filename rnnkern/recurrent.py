@@ -29,7 +29,7 @@ import numpy as np
 from . import validation as v
 from .backends import backend_for
 from .cells import cell_for, cells_of_layer
-from .devices import check_device
+from .devices import check_device, on_device_of_arguments
 from .dispatch import namespace_of
 from .parameters import ParameterLayer
 from .tape import Tape, check_tape
@@ -204,6 +204,7 @@ class RecurrentLayer(RegistryCellMixin, ParameterLayer):
         """
         return self._run(x, state, lengths, keep=True)
 
+    @on_device_of_arguments      # CuPy: allocate on the arrays' device
     def _run(self, x, state, lengths, keep):
         state0 = self._split_state(state, "state")
         xp = namespace_of(x, *state0, names=["x", *self._state_argument_names("state", "0")])
@@ -297,6 +298,7 @@ class RecurrentLayer(RegistryCellMixin, ParameterLayer):
 
     # ------------------------------------------------------------------ backward
 
+    @on_device_of_arguments      # CuPy: allocate on the arrays' device
     def backward(self, dy, tape, dstate=None):
         """Backpropagate through time.
 

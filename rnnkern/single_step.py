@@ -35,7 +35,7 @@ import numpy as np
 from . import validation as v
 from .backends import backend_for
 from .cells import cells_of_layer
-from .devices import check_device
+from .devices import check_device, on_device_of_arguments
 from .dispatch import namespace_of
 from .parameters import ParameterLayer
 from .recurrent import RegistryCellMixin
@@ -120,6 +120,7 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         """
         return self._step(x, state, keep=True)
 
+    @on_device_of_arguments      # CuPy: allocate on the arrays' device
     def _step(self, x, state, keep):
         names = self._state_argument_names("state")
         state = self._split_state(state, "state")
@@ -158,6 +159,7 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
 
     # ------------------------------------------------------------------ backward
 
+    @on_device_of_arguments      # CuPy: allocate on the arrays' device
     def backward(self, dstate, tape):
         """Backpropagate through the step.
 

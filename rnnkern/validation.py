@@ -78,6 +78,14 @@ def host_lengths(lengths, batch, steps, xp):
 
     Accepts a sequence of Python/NumPy integers or an integer array of the
     inputs' own library, as torch's ``pack_padded_sequence`` does.
+
+    A CuPy array is the exception: it is checked for dtype and shape only and
+    returned as it is, on its device, because reading its values back would
+    synchronise the host with the GPU stream on every call.  Its values are
+    not range-checked: the kernels only compare ``t < lengths[b]``, so a
+    length above T acts as T and one below 1 leaves that row's states as
+    they came in (zero outputs).  Pass host lengths (a list or a NumPy
+    array) to have them checked.
     """
     if hasattr(lengths, "__array_namespace__") and not isinstance(lengths, np.ndarray):
         if "int" not in dtype_name(lengths.dtype):
@@ -85,6 +93,11 @@ def host_lengths(lengths, batch, steps, xp):
         if getattr(lengths, "ndim", None) != 1:
             raise ValueError(f"lengths: expected a 1-D array of {batch} integers, "
                              f"got {describe(lengths)}")
+        if type(lengths).__module__.split(".")[0] == "cupy":   # no sync: see above
+            if lengths.shape[0] != batch:
+                raise ValueError(f"lengths: expected {batch} lengths (one per batch element), "
+                                 f"got {lengths.shape[0]}")
+            return lengths
         values = np.asarray([int(v) for v in _to_host_list(lengths, xp)], dtype=np.int64)
     else:
         try:

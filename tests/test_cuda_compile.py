@@ -10,6 +10,8 @@ architectures.
 
 import contextlib
 import re
+import sys
+import types
 
 import pytest
 
@@ -36,11 +38,16 @@ ARCHITECTURES = ["sm_75", "sm_80", "sm_90"]
 
 
 @contextlib.contextmanager
-def compiled_program(source, arch):
-    """The NVRTC program of ``source`` with every name expression, compiled for ``arch``."""
+def compiled_program(source, arch, program_name=None):
+    """The NVRTC program of ``source`` with every name expression, compiled for ``arch``.
+
+    ``program_name`` defaults to ``source``; CuPy passes ``""`` when it keeps
+    its cache in memory (``CUPY_CACHE_IN_MEMORY=1``).
+    """
     nvrtc = _nvrtc()
     options = [*compile_options(), *CUPY_ADDED_OPTIONS, f"-arch={arch}"]
-    program = nvrtc.createProgram(module_code(source), source, [], [])
+    program = nvrtc.createProgram(module_code(source), source if program_name is None
+                                  else program_name, [], [])
     try:
         for name in KERNEL_SOURCES[source]:
             nvrtc.addNameExpression(program, name)
@@ -104,3 +111,41 @@ def test_kernels_keep_their_arrays_in_registers(source):
 def test_name_expressions_are_unique():
     for source, names in KERNEL_SOURCES.items():
         assert len(set(names)) == len(names), source
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("program_name", ["", "step_kernels.cu"], ids=["in-memory", "named"])
+def test_stray_headers_in_the_working_directory_are_not_compiled(tmp_path, monkeypatch,
+                                                                 program_name):
+    """NVRTC resolves a quoted include against the working directory first:
+    module_code leaves no include of ours for it to resolve, so headers of the
+    same names beside the user (here: ones that cannot compile) change nothing."""
+    for name in ("activations.cuh", "cell.cuh"):
+        (tmp_path / name).write_text('#error "a stray header was compiled"\n')
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "lstm.cuh").write_text('#error "a stray header was compiled"\n')
+    monkeypatch.chdir(tmp_path)
+    with compiled_program("step_kernels.cu", "sm_80", program_name) as (nvrtc, program):
+        assert nvrtc.getCUBIN(program)
+
+
+def test_gpu_probe_says_when_a_kernel_cannot_be_compiled(monkeypatch):
+    """A device without the CUDA headers (a driver-only node): CuPy counts the
+    GPU but cannot compile; the probe must report that, so the GPU tests skip."""
+    from rnnkern import devices
+
+    class NoHeaders:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("Failed to find CUDA headers")
+    fake = types.SimpleNamespace(
+        __version__="14.2.0", RawKernel=NoHeaders,
+        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1)))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    devices._probe.cache_clear()
+    try:
+        reason = devices.cuda_unavailable_reason()
+        count = devices.cuda_device_count()
+    finally:
+        devices._probe.cache_clear()
+    assert count == 0
+    assert "cannot compile and launch" in reason and "Failed to find CUDA headers" in reason

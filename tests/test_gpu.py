@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import rnnkern as rk
-from cuda_parity import (LAYER_CASES, STEP_LAUNCHES, STEP_SHAPES, check_layer_parity,
-                         check_step_kernels, run_layer)
+from cuda_parity import (LAYER_CASES, STEP_LAUNCHES, STEP_SEEDS, STEP_SHAPES,
+                         assert_results_close, check_layer_parity, check_step_kernels, run_layer)
 from rnnkern.backends.cuda import modules
 from rnnkern.backends.cuda.modules import CudaKernelError, kernel_name
 from rnnkern.cells import cell_for
@@ -79,6 +79,39 @@ def test_step_kernels_match_cell_equations(cp, cell, dtype, B, H, launch):
     check_step_kernels(cupy_launcher(), cell, dtype, B, H, launch)
 
 
+@pytest.mark.parametrize("seed", STEP_SEEDS)
+@pytest.mark.parametrize("index", ["int", "long long"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_step_kernels_at_realistic_sizes(cp, cell, dtype, index, seed):
+    """B*H = 16384, every seed, both index types: the GPU's own rounding
+    (FMA, 2-ulp expf/tanhf) within the ulp-based tolerance."""
+    from rnnkern.backends.cuda import cupy_launcher
+
+    check_step_kernels(cupy_launcher(), cell, dtype, 32, 128, None, seed=seed, index=index)
+
+
+def test_step_kernels_on_a_non_default_stream(cp, cell):
+    from rnnkern.backends.cuda import cupy_launcher
+
+    with cp.cuda.Stream(non_blocking=True) as stream:
+        check_step_kernels(cupy_launcher(), cell, "float32", 16, 64, None)
+        stream.synchronize()
+
+
+@pytest.mark.parametrize("cfg", LAYER_CASES[::7])
+def test_layer_on_a_non_default_stream(cp, cfg):
+    """Every kernel, GEMM and copy goes to the current stream: a non-blocking
+    stream (no implicit ordering with the default one) gives the same results."""
+    def run_on_stream(layer, x, state, lengths, dy, dstate):
+        layer.to("cuda")
+        with cp.cuda.Stream(non_blocking=True) as stream:
+            results = run_layer(layer, *(_to_gpu(cp, a) for a in (x, state)), lengths,
+                                *(_to_gpu(cp, a) for a in (dy, dstate)))
+            stream.synchronize()
+        return results
+    check_layer_parity(cfg, run_on_stream)
+
+
 def test_mixed_numpy_and_cupy_arguments_raise_type_error(cp):
     lstm = rk.LSTM(3, 4, seed=0).to("cuda")
     x = np.zeros((5, 2, 3), np.float32)
@@ -90,6 +123,35 @@ def test_mixed_numpy_and_cupy_arguments_raise_type_error(cp):
     y, _, tape = lstm.forward(cp.asarray(x))
     with pytest.raises(TypeError):
         lstm.backward(cp.asnumpy(y), tape)
+
+
+@pytest.mark.skipif(DEVICES < 2, reason="needs two GPUs")
+def test_layers_run_on_a_device_that_is_not_the_current_one(cp):
+    """Parameters and data on GPU 1 while GPU 0 is current: forward (not only
+    ``layer(x)``), a stacked bidirectional layer (concat), backward, a cell."""
+    rng = np.random.default_rng(0)
+    lstm = rk.LSTM(3, 4, num_layers=2, bidirectional=True, seed=0, dtype="float64")
+    cell = rk.GRUCell(3, 4, seed=0, dtype="float64")
+    x, dy = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 8))
+    expected = run_layer(lstm, x, None, [5, 3], dy, None)
+    expected_h, expected_tape = cell.forward(x[0])
+    expected_dx = cell.backward(np.ones((2, 4)), expected_tape)[0]
+    with cp.cuda.Device(1):
+        lstm.to("cuda")
+        cell.to("cuda")
+        x1, dy1 = cp.asarray(x), cp.asarray(dy)
+    assert cp.cuda.Device().id == 0
+    ours = run_layer(lstm, x1, None, [5, 3], dy1, None)
+    assert_results_close(ours, expected, "float64", "the NumPy path")
+    y, _, _ = lstm.forward(x1)
+    assert y.device.id == 1
+    h, tape = cell.forward(x1[0])
+    with cp.cuda.Device(1):
+        dh = cp.ones((2, 4))
+    dx = cell.backward(dh, tape)[0]
+    assert h.device.id == 1 and dx.device.id == 1
+    np.testing.assert_allclose(h.get(), expected_h, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx.get(), expected_dx, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.skipif(DEVICES < 2, reason="needs two GPUs")
@@ -131,12 +193,18 @@ def test_compile_error_names_kernel_and_options(tmp_path, monkeypatch, fresh_mod
     with pytest.raises(CudaKernelError) as raised:
         modules.get_kernel(name)
     message = str(raised.value)
-    assert name in message and "-std=c++17" in message and f"-I{folder}" in message
+    assert name in message and "-std=c++17" in message and "cells/lstm.cuh" in message
 
 
 _FIRST_CALL = textwrap.dedent("""
     import json, os, time
-    import cupy, numpy as np, rnnkern as rk
+    import cupy, cupy.cuda.compiler as compiler, numpy as np, rnnkern as rk
+    compiles = []
+    nvrtc = compiler._compile_using_nvrtc_no_warning     # every NVRTC compile of CuPy 14.2
+    def counted(source, *args, **kwargs):
+        compiles.append(len(source))
+        return nvrtc(source, *args, **kwargs)
+    compiler._compile_using_nvrtc_no_warning = counted
     x = cupy.asarray(np.ones((4, 2, 3), np.float32))
     start = time.perf_counter()
     lstm = rk.LSTM(3, 5, seed=0).to("cuda")
@@ -146,7 +214,8 @@ _FIRST_CALL = textwrap.dedent("""
     seconds = time.perf_counter() - start
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.environ["CUPY_CACHE_DIR"])
                    for f in fs)
-    print(json.dumps({"seconds": seconds, "files": files}))
+    print(json.dumps({"seconds": seconds, "compiles": len(compiles),
+                      "files": {f: os.stat(f).st_mtime_ns for f in files}}))
 """)
 
 
@@ -159,8 +228,9 @@ def test_second_process_does_not_recompile(tmp_path, capsys):
                               capture_output=True, text=True)
         return json.loads(done.stdout.strip().splitlines()[-1])
     cold, warm = first_call(), first_call()
-    assert cold["files"], "nothing was cached"
-    assert warm["files"] == cold["files"], "the second process compiled again"
+    assert cold["compiles"] > 0 and cold["files"], "nothing was compiled and cached"
+    assert warm["compiles"] == 0, "the second process compiled again (CuPy < 14.2?)"
+    assert warm["files"] == cold["files"], "the second process rewrote the cache"
     with capsys.disabled():
         print(f"\nfirst LSTM forward+backward in a new process (float32, incl. CuPy's own "
               f"kernels): cold cache {cold['seconds']:.2f} s, warm cache {warm['seconds']:.2f} s")
@@ -194,3 +264,49 @@ def test_offsets_beyond_two_to_the_31(cp):
     cp.testing.assert_allclose(dx[-1], dx1[0], rtol=1e-6, atol=1e-7)
     assert float(abs(dx[:-1]).max()) == 0.0
     cp.testing.assert_allclose(grads["weight_ih_l0"], grads1["weight_ih_l0"], rtol=1e-5, atol=1e-6)
+
+
+_SPIN = r"""
+extern "C" __global__ void spin(long long cycles) {
+    const long long start = clock64();
+    while (clock64() - start < cycles) {}
+}
+"""
+
+
+@pytest.mark.parametrize("lengths_on", ["cupy", "none"])
+def test_forward_does_not_wait_for_the_stream(cp, lengths_on):
+    """``forward`` (with CuPy lengths too) only enqueues work: it returns
+    while a long kernel queued before it still runs."""
+    lstm = rk.LSTM(3, 4, num_layers=2, bidirectional=True, seed=0).to("cuda")
+    x = cp.ones((6, 3, 3), cp.float32)
+    lengths = cp.asarray([6, 2, 4]) if lengths_on == "cupy" else None
+    lstm.forward(x, lengths=lengths)                   # compiled, cuBLAS handle made
+    stream = cp.cuda.get_current_stream()
+    stream.synchronize()
+    cp.RawKernel(_SPIN, "spin")((1,), (1,), (np.int64(4_000_000_000),))   # ~2 s
+    y, _, tape = lstm.forward(x, lengths=lengths)
+    still_running = not stream.done
+    stream.synchronize()
+    assert still_running, "forward waited for the GPU (a host synchronisation)"
+    assert y.shape == (6, 3, 8)
+
+
+@pytest.mark.slow
+def test_index_math_beyond_two_to_the_31_in_one_step(cp):
+    """B*4H > 2**31 at T = 1: the kernels' own index math (64-bit here).
+
+    Rows are independent, so the last rows (indices past 2**31) must equal
+    the same rows run as a small batch, forward and dx.  About 60 GB."""
+    B, I, H = 2 ** 19 + 3, 1, 1024                     # B * 4H = 2_147_495_936 > 2**31
+    assert modules.index_type(cell_for("lstm"), B, H, 2 ** 24) == "long long"
+    lstm = rk.LSTM(I, H, seed=0).to("cuda")
+    x = cp.asarray(np.random.default_rng(0).standard_normal((1, B, I)).astype(np.float32))
+    y, (h, c), tape = lstm.forward(x)
+    dx, _, _ = lstm.backward(cp.ones_like(y), tape)
+    tail = slice(B - 4, B)
+    y1, (h1, c1), tape1 = lstm.forward(x[:, tail])
+    dx1, _, _ = lstm.backward(cp.ones_like(y1), tape1)
+    cp.testing.assert_allclose(y[:, tail], y1, rtol=1e-6, atol=1e-6)
+    cp.testing.assert_allclose(c[:, tail], c1, rtol=1e-6, atol=1e-6)
+    cp.testing.assert_allclose(dx[:, tail], dx1, rtol=1e-5, atol=1e-6)

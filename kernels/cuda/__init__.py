@@ -2,7 +2,7 @@
 
 Layout::
 
-    step_kernels.cu   rnn_forward_step<T, Cell> / rnn_backward_step<T, Cell>: the
+    step_kernels.cu   rnn_forward_step<T, Cell, Index> / rnn_backward_step<...>: the
                       grid-stride loop, the length mask, the dh/dc carries and all
                       indexing, written once for every cell
     cell.cuh          the contract of a cell struct (constants, pointwise
@@ -15,7 +15,7 @@ Layout::
                       (``rnnkern.backends.cuda.emulation``) compiles the same sources
 
 ``rnnkern.backends.cuda.modules`` turns these into one RawModule: every cell
-header, then ``step_kernels.cu``, with one name expression per registry cell x
-step x scalar type.  A new cell is a new header in ``cells/`` and its registry
-entry; nothing here lists the cells.  No Python code lives here.
+header, then ``step_kernels.cu``, every header inlined, with one name
+expression per registry cell x step x scalar type x index type.  A new cell is
+a new header in ``cells/`` and its registry entry; nothing here lists the cells.  No Python code lives here.
 """

@@ -6,7 +6,11 @@
 // What it provides:
 //   - __global__ / __device__ / __host__ become nothing, __forceinline__ inline;
 //   - threadIdx, blockIdx, blockDim, gridDim are thread_local variables;
-//   - expf, tanhf, exp, tanh come from <cmath>; __ldg is a plain load;
+//   - exp, tanh come from <cmath>; expf and tanhf too, then moved by a
+//     deterministic 0 to 2 ulp (a hash of the argument picks how far and
+//     which way): CUDA documents at most 2 ulp of error for both, and the
+//     tests' tolerances must hold for any such error, not only for glibc's;
+//   - __ldg is a plain load;
 //   - cuda_host_emulation::launch runs the whole grid, block after block and
 //     thread after thread, on the calling OS thread;
 //   - the parameter types of each kernel as text, so that the Python side can
@@ -17,9 +21,10 @@
 // __syncthreads, __shared__ or warp intrinsic here: a kernel that starts to
 // use one fails to compile in the emulation instead of running on a schedule
 // that cannot honour it (that needs blocks on OS threads and CUDA threads as
-// fibers switching at barriers).  Not emulated either: the memory model,
-// FMA contraction (compare with tolerances), and the flushing of float denormals
-// to zero that CuPy asks of NVRTC (-ftz=true).
+// fibers switching at barriers).  FMA contraction, NVRTC's default, comes
+// from the build (rnnkern/backends/cuda/emulation.py: -ffp-contract=fast, and
+// -mfma where the CPU has it).  Not emulated: the memory model, and the
+// flushing of float denormals to zero that CuPy asks of NVRTC (-ftz=true).
 #pragma once
 
 #include <cmath>
@@ -53,6 +58,27 @@ inline thread_local dim3 blockDim;
 inline thread_local dim3 gridDim;
 
 namespace cuda_host_emulation {
+
+// x moved by 0, 1 or 2 ulp up or down, chosen by a hash of the argument a
+// (deterministic: the same call gives the same result, as on a GPU).
+inline float within_two_ulp(float x, float a) {
+    unsigned int bits;
+    static_assert(sizeof(bits) == sizeof(a), "float is 32 bits");
+    __builtin_memcpy(&bits, &a, sizeof(bits));
+    bits = (bits ^ (bits >> 16)) * 0x45d9f3bu;
+    bits ^= bits >> 16;
+    const int ulps = int(bits % 5u) - 2;
+    const float toward = ulps < 0 ? -INFINITY : INFINITY;
+    for (int k = 0; k < (ulps < 0 ? -ulps : ulps) && std::isfinite(x); ++k)
+        x = std::nextafter(x, toward);
+    return x;
+}
+
+inline float device_expf(float a) { return within_two_ulp(std::exp(a), a); }
+// tanh is within [-1, 1] on a GPU too
+inline float device_tanhf(float a) {
+    return std::fmax(-1.0f, std::fmin(1.0f, within_two_ulp(std::tanh(a), a)));
+}
 
 // Runs kernel(args...) for every thread of the grid.  args is laid out as in
 // cudaLaunchKernel: args[k] points to the value of the k-th parameter.
@@ -127,6 +153,10 @@ const char* signature(void (*)(Params...)) {
 }
 
 }  // namespace cuda_host_emulation
+
+// The float functions of the kernels, with CUDA's error bounds.
+#define expf(a) cuda_host_emulation::device_expf(a)
+#define tanhf(a) cuda_host_emulation::device_tanhf(a)
 
 // Exports the instantiation given as the name expression (the macro's
 // variadic part, which may contain commas) under C names numbered by its

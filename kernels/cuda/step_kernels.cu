@@ -1,7 +1,8 @@
 // The fused pointwise step kernels, written once for every cell:
-// rnn_forward_step<T, Cell> and rnn_backward_step<T, Cell>, with T the scalar
-// type (float, double) and Cell the struct of a cell header (cells/*.cuh,
-// contract in cell.cuh), named by rnnkern.cells.Cell.kernels["cuda"].
+// rnn_forward_step<T, Cell, Index> and rnn_backward_step<T, Cell, Index>, with T
+// the scalar type (float, double), Cell the struct of a cell header
+// (cells/*.cuh, contract in cell.cuh), named by
+// rnnkern.cells.Cell.kernels["cuda"], and Index the type of the index math.
 //
 // Per step the host runs the GEMMs (cuBLAS) and ONE of these kernels:
 //
@@ -32,12 +33,13 @@
 // and passes exactly N arrays, in registry order; nothing is left unused.
 //
 // Launch: one thread per (b, j) element of the (B, H) state, any grid, with a
-// grid-stride loop; offsets in 64 bits.  All arrays are C-contiguous, and the
+// grid-stride loop.  Index math in the type Index: int (32-bit division, the
+// cheap one) when the host has checked that every index (B*G*H, the largest
+// saved array's) plus the grid's stride stays below 2^31; long long beyond
+// (rnnkern.backends.cuda.modules.index_type).  All arrays are C-contiguous, and the
 // per-time-step pointers (gx_t, saved_t, ...) are already offset to step t.
 // Argument order: outputs, then inputs, then sizes.
 #include "cell.cuh"
-
-using index_t = long long;
 
 // N arrays of one step in one kernel parameter, passed by value: at[k] is
 // array k (C-contiguous, all distinct).  The host passes the N device
@@ -61,18 +63,19 @@ __device__ __forceinline__ T read_only(const T* p) {
 
 // Calls body(e, b, j) for each element e = b * H + j of the (B, H) state
 // that this thread owns: a grid-stride loop, so any grid covers them all.
-template <typename Body>
+template <typename Index, typename Body>
 __device__ __forceinline__ void for_each_state_element(int batch, int hidden, Body body) {
-    const index_t H = hidden;
-    const index_t count = index_t(batch) * H;
-    const index_t stride = index_t(blockDim.x) * gridDim.x;
-    for (index_t e = index_t(blockIdx.x) * blockDim.x + threadIdx.x; e < count; e += stride) {
-        const index_t b = e / H;
+    const Index H = hidden;
+    const Index count = Index(batch) * H;
+    const Index stride = Index(blockDim.x) * Index(gridDim.x);
+    for (Index e = Index(blockIdx.x) * Index(blockDim.x) + Index(threadIdx.x); e < count;
+         e += stride) {
+        const Index b = e / H;
         body(e, b, e - b * H);
     }
 }
 
-template <typename T, typename Cell>
+template <typename T, typename Cell, typename Index>
 __global__ void rnn_forward_step(
     StepArrays<T, Cell::num_states> state_next,       // S x [B, H]   states after step t
     T* __restrict__ y_t,                              // [B, H]       h_t (0 where inactive)
@@ -87,12 +90,12 @@ __global__ void rnn_forward_step(
 {
     constexpr int G = Cell::num_gates, S = Cell::num_states;
     using Saved = typename Cell::Saved;
-    const index_t H = hidden;
-    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
+    const Index H = hidden;
+    for_each_state_element<Index>(batch, hidden, [&](Index e, Index b, Index j) {
         T gx[G], gh_b[G], bias[G], state[S], state_new[S], saved[Saved::total];
 #pragma unroll
         for (int k = 0; k < G; ++k) {
-            const index_t at = (b * G + k) * H + j;          // gate k of row b
+            const Index at = (b * G + k) * H + j;          // gate k of row b
             gx[k] = gx_t[at];
             gh_b[k] = gh[at];
             bias[k] = b_hh[k * H + j];
@@ -117,7 +120,7 @@ __global__ void rnn_forward_step(
     });
 }
 
-template <typename T, typename Cell>
+template <typename T, typename Cell, typename Index>
 __global__ void rnn_backward_step(
     StepArrays<T, Cell::num_step_gradients> dgates_t, // D x [B, G*H] d gx_t, then d gh_t if
                                                       //   written apart (0 where inactive)
@@ -136,8 +139,8 @@ __global__ void rnn_backward_step(
 {
     constexpr int G = Cell::num_gates, S = Cell::num_states, D = Cell::num_step_gradients;
     using Saved = typename Cell::Saved;
-    const index_t H = hidden;
-    for_each_state_element(batch, hidden, [&](index_t e, index_t b, index_t j) {
+    const Index H = hidden;
+    for_each_state_element<Index>(batch, hidden, [&](Index e, Index b, Index j) {
         // the gradients carried to step t; dh_t = dh_direct + dh_recurrent
         T carried[S];
         carried[0] = read_only(dstate.at[0] + e) + dh_recurrent[e];

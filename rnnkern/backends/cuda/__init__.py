@@ -3,8 +3,8 @@
 Per layer-direction (contract in ``rnnkern.backends``; details in ``driver``)::
 
     forward   gx = x @ W_ih^T + b_ih              one GEMM over all T*B rows
-              per step: gh = h @ W_hh^T (GEMM) + rnn_forward_step<T, Cell> (one kernel)
-    backward  per step: rnn_backward_step<T, Cell> (one kernel) + dgh @ W_hh (GEMM)
+              per step: gh = h @ W_hh^T (GEMM) + rnn_forward_step<T, Cell, I> (one kernel)
+    backward  per step: rnn_backward_step<T, Cell, I> (one kernel) + dgh @ W_hh (GEMM)
               weight_gradients                     dW_ih, dW_hh, db, dx: GEMMs over all T*B rows
 
 Modules::

@@ -4,8 +4,8 @@ See ``rnnkern.backends`` for the contract.  One layer-direction runs as::
 
     forward   gx = X W_ih^T + b_ih                      one GEMM, all T steps
               per step:  gh = h_{t-1} W_hh^T            GEMM
-                         rnn_forward_step<T, Cell>      ONE fused kernel
-    backward  per step:  rnn_backward_step<T, Cell>     ONE fused kernel
+                         rnn_forward_step<T, Cell, I>  ONE fused kernel
+    backward  per step:  rnn_backward_step<T, Cell, I> ONE fused kernel
                          dh_recurrent = dgh_t W_hh      GEMM
               weight_gradients: dW_ih, dW_hh, db, dX    GEMMs over all T*B rows
 
@@ -34,15 +34,15 @@ from __future__ import annotations
 import numpy as np
 
 from .. import int32_lengths, time_order, weight_gradients
-from .modules import check_launch, elementwise_launch, kernel_name
+from .modules import check_launch, elementwise_launch, index_type, kernel_name
 
 __all__ = ["forward_direction_with", "backward_direction_with", "forward_step_arguments",
-           "backward_step_arguments"]
+           "backward_step_arguments", "step_launch"]
 
 
 def forward_step_arguments(state_next, y_t, saved_t, gx_t, gh, b_hh, state_prev, lengths, t,
                            batch, hidden):
-    """The arguments of ``rnn_forward_step<T, Cell>`` in its parameter order.
+    """The arguments of ``rnn_forward_step<T, Cell, Index>`` in its parameter order.
 
     Parameters
     ----------
@@ -66,7 +66,7 @@ def forward_step_arguments(state_next, y_t, saved_t, gx_t, gh, b_hh, state_prev,
 
 def backward_step_arguments(dgates_t, dstate_prev, dy_t, dh_recurrent, dstate, saved_t,
                             state_prev, lengths, t, batch, hidden):
-    """The arguments of ``rnn_backward_step<T, Cell>`` in its parameter order.
+    """The arguments of ``rnn_backward_step<T, Cell, Index>`` in its parameter order.
 
     Parameters
     ----------
@@ -85,6 +85,18 @@ def backward_step_arguments(dgates_t, dstate_prev, dy_t, dh_recurrent, dstate, s
     return [tuple(dgates_t), tuple(dstate_prev), dy_t, dh_recurrent, tuple(dstate),
             tuple(saved_t), tuple(state_prev), lengths, np.int32(t), np.int32(batch),
             np.int32(hidden)]
+
+
+def step_launch(cell, step, dtype, batch, hidden):
+    """The step kernel of a direction and its launch: ``(name, grid, block)``.
+
+    One thread per element of the (B, H) state (``elementwise_launch``); the
+    32-bit instantiation where every index fits (``index_type``), else the
+    64-bit one.
+    """
+    grid, block = elementwise_launch(batch * hidden)
+    index = index_type(cell, batch, hidden, grid[0] * block[0])
+    return kernel_name(cell, step, dtype, index), grid, block
 
 
 def _state_slots(steps, reverse, keep):
@@ -146,8 +158,7 @@ def forward_direction_with(launcher, cell, x, params, state, lengths, reverse, *
         w_hr_t = xp.ascontiguousarray(w_hr.T)           # (H, P)
         projected = xp.empty((B, P), dtype=dtype)
 
-    name = kernel_name(cell, "forward", dtype)
-    grid, block = elementwise_launch(B * H)
+    name, grid, block = step_launch(cell, "forward", dtype, B, H)
     for k, (t, prev, nxt) in enumerate(schedule):
         xp.matmul(states[0][prev], w_hh_t, out=gh)    # gh = h_{t-1} W_hh^T
         step = t if keep else 0
@@ -209,8 +220,7 @@ def backward_direction_with(launcher, cell, dy, dstate_n, tape):
         zeros_h = xp.zeros((B, H), dtype=dtype)        # dy_t, dh_recurrent, h_{t-1} for the kernel
         unused_dm_prev = xp.empty((B, H), dtype=dtype)
 
-    name = kernel_name(cell, "backward", dtype)
-    grid, block = elementwise_launch(B * H)
+    name, grid, block = step_launch(cell, "backward", dtype, B, H)
     for k, t in enumerate(time_order(T, not tape["reverse"])):
         read, write = k % 2, 1 - k % 2
         dstate, dstate_prev = [c[read] for c in carry], [c[write] for c in carry]

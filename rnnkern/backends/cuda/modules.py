@@ -4,11 +4,13 @@ One place for everything that decides which code a kernel name refers to:
 
 - ``KERNEL_SOURCES``: every ``.cu`` file with the ONE list of template
   instantiations (NVRTC name expressions) asked of it, derived from the cell
-  registry: every cell x forward/backward x float/double.  CuPy's
+  registry: every cell x forward/backward x float/double x 32/64-bit index
+  math (``index_type`` picks the latter per launch).  CuPy's
   ``RawModule``, the NVRTC compile check (tests/test_cuda_compile.py) and the
   host emulation (``rnnkern.backends.cuda.emulation``) all read this list.
 - ``module_code(source)``: the code they compile: every cell header of
-  ``kernels/cuda/cells/``, then the source.
+  ``kernels/cuda/cells/``, then the source, every header inlined (no
+  ``#include`` left for a compiler to resolve).
 - ``compile_options()``: the compiler options, also shared by all three (g++
   understands them too).
 - ``get_kernel(name)``: the kernel lookup for CuPy, one lazily compiled,
@@ -26,16 +28,17 @@ from the working directory.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.resources
+import re
 from pathlib import Path
 
 import numpy as np
 
 from ...cells import CELLS
 
-__all__ = ["KERNEL_SOURCES", "STEPS", "SCALAR_TYPES", "CudaKernelError", "kernel_name",
-           "kernels_dir", "cell_headers", "compile_options", "module_code", "source_of",
+__all__ = ["KERNEL_SOURCES", "STEPS", "SCALAR_TYPES", "INDEX_TYPES", "INT32_LIMIT",
+           "CudaKernelError", "kernel_name", "index_type", "kernels_dir", "cell_headers",
+           "compile_options", "inline_file", "module_code", "source_of",
            "get_kernel", "clear_kernel_cache", "THREADS_PER_BLOCK", "elementwise_launch",
            "check_launch"]
 
@@ -47,7 +50,7 @@ _STEP_SOURCE = "step_kernels.cu"
 _CELLS_FOLDER = "cells"
 
 
-def kernel_name(cell, step: str, dtype) -> str:
+def kernel_name(cell, step: str, dtype, index: str = "int") -> str:
     """Name expression of a cell's fused step kernel.
 
     Parameters
@@ -57,23 +60,46 @@ def kernel_name(cell, step: str, dtype) -> str:
     step : {"forward", "backward"}
     dtype : str or dtype
         ``float32`` or ``float64``.
+    index : {"int", "long long"}
+        The type of the kernel's index math (``index_type`` chooses it).
 
     Returns
     -------
     str
-        e.g. ``"rnn_forward_step<float, LstmCell>"``.
+        e.g. ``"rnn_forward_step<float, LstmCell, int>"``.
     """
     if step not in STEPS:
         raise CudaKernelError(f"step: expected one of {STEPS}, got {step!r}")
-    return f"rnn_{step}_step<{SCALAR_TYPES[str(np.dtype(dtype))]}, {cell.kernels['cuda']}>"
+    if index not in INDEX_TYPES:
+        raise CudaKernelError(f"index: expected one of {INDEX_TYPES}, got {index!r}")
+    return (f"rnn_{step}_step<{SCALAR_TYPES[str(np.dtype(dtype))]}, {cell.kernels['cuda']}, "
+            f"{index}>")
 
+
+def index_type(cell, batch: int, hidden: int, threads: int) -> str:
+    r"""The index type of the step kernels for a (B, H) state and a launch of ``threads``.
+
+    The largest index a step kernel forms is below :math:`B \cdot w \cdot H`,
+    :math:`w = \max(G, \text{the saved widths})`; its grid-stride loop
+    also forms ``e + threads``.  ``"int"`` (32-bit division and products)
+    when both stay below :math:`2^{31}`, ``"long long"`` beyond.
+    """
+    widest = max([cell.num_gates, *(s.width for s in cell.saved)])
+    return "int" if batch * widest * hidden + threads <= INT32_LIMIT else "long long"
+
+
+#: The C++ types of the step kernels' index math (``index_type`` picks one).
+INDEX_TYPES = ("int", "long long")
+#: The largest index (plus stride) the 32-bit kernels may form: 2^31 - 1.
+INT32_LIMIT = 2 ** 31 - 1
 
 # Every .cu file and every instantiation the package launches from it.
 KERNEL_SOURCES = {
-    _STEP_SOURCE: tuple(kernel_name(cell, step, dtype)
+    _STEP_SOURCE: tuple(kernel_name(cell, step, dtype, index)
                         for cell in CELLS.values()
                         for step in STEPS
-                        for dtype in SCALAR_TYPES),
+                        for dtype in SCALAR_TYPES
+                        for index in INDEX_TYPES),
 }
 
 # -std=c++17 for the templates (fold expressions); CuPy (and our compile
@@ -95,7 +121,7 @@ def kernels_dir() -> Path:
 
 
 def cell_headers() -> tuple:
-    """Every cell header, as include paths relative to ``kernels_dir()`` (``"cells/gru.cuh"``)."""
+    """Every cell header, as paths relative to ``kernels_dir()`` (``"cells/gru.cuh"``)."""
     folder = kernels_dir()
     return tuple(path.relative_to(folder).as_posix()
                  for path in sorted((folder / _CELLS_FOLDER).glob("*.cuh")))
@@ -104,10 +130,10 @@ def cell_headers() -> tuple:
 def compile_options() -> tuple:
     """Options for every compiler of the sources (NVRTC, and g++ in the emulation).
 
-    The include path lets ``#include "cell.cuh"`` and ``"cells/lstm.cuh"``
-    resolve wherever the package is installed.
+    No include path: ``module_code`` hands the compilers one self-contained
+    string, so nothing is looked up on disk at compile time.
     """
-    return _LANGUAGE_OPTIONS + (f"-I{kernels_dir()}",)
+    return _LANGUAGE_OPTIONS
 
 
 def source_of(name: str) -> str:
@@ -119,27 +145,59 @@ def source_of(name: str) -> str:
                           f"instantiations of KERNEL_SOURCES in {__name__}")
 
 
-def module_code(source: str) -> str:
-    """The code compiled for ``source``: every cell header, then the source itself.
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"(?P<path>[^"]+)"[ \t]*$', re.M)
+_PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.M)
 
-    The cell headers are included here, not in the source, so that a new cell
-    is only a new header in ``cells/`` (and its registry entry).  CuPy's
-    on-disk kernel cache is keyed on the code string and the options, not on
-    included headers; the digest of every header (``*.cuh`` and
-    ``cells/*.cuh``) appended here makes an edited header recompile the
-    module instead of reusing a stale binary.
+
+def inline_file(relative: str, done: set | None = None) -> str:
+    """The text of ``kernels_dir()/relative`` with its local includes inlined.
+
+    Each ``#include "x"`` (resolved against ``kernels_dir()`` only, never the
+    working directory) is replaced by the inlined text of ``x`` the first
+    time, and by nothing later (``#pragma once`` semantics, over ``done``);
+    ``#pragma once`` lines go, and ``#line`` directives keep the compilers'
+    messages pointing at the original files and lines.  A missing header
+    raises ``CudaKernelError`` naming it and the file that includes it.
     """
     folder = kernels_dir()
-    headers = sorted(folder.rglob("*.cuh"))
-    digest = hashlib.sha256()
-    for header in headers:
-        digest.update(header.relative_to(folder).as_posix().encode() + b"\0"
-                      + header.read_bytes() + b"\0")
-    names = ", ".join(h.relative_to(folder).as_posix() for h in headers)
-    includes = "".join(f'#include "{header}"\n' for header in cell_headers())
-    return (f"// The cell headers, included by {__name__}.module_code\n{includes}"
-            f'#line 1 "{source}"\n{(folder / source).read_text()}'
-            f"\n// headers {names}: sha256 {digest.hexdigest()}\n")
+    done = set() if done is None else done
+    done.add(relative)
+    path = folder / relative
+    try:
+        text = _PRAGMA_ONCE.sub("// (once-only header: inlined once)", path.read_text())
+    except OSError as err:
+        raise CudaKernelError(f"CUDA source {relative!r} of {folder}: {err}") from None
+    pieces, position = [f'#line 1 "{relative}"\n'], 0
+    for match in _LOCAL_INCLUDE.finditer(text):
+        pieces.append(text[position:match.start()])
+        header = match["path"]
+        if not (folder / header).is_file():
+            raise CudaKernelError(f"{relative}: included header {header!r} is not in {folder}")
+        if header not in done:
+            pieces.append(inline_file(header, done))
+        line = text.count("\n", 0, match.end()) + 2         # the line after the include
+        pieces.append(f'// (#include "{header}": inlined)\n#line {line} "{relative}"')
+        position = match.end()
+    pieces.append(text[position:])
+    return "".join(pieces) + ("" if text.endswith("\n") else "\n")
+
+
+def module_code(source: str) -> str:
+    """The code compiled for ``source``: every cell header, then the source, self-contained.
+
+    Every header (``cells/*.cuh``, and what they and the source include) is
+    inlined (``inline_file``), so the string handed to NVRTC (CuPy's
+    ``RawModule``, the compile check) and to g++ (the emulation) has no
+    ``#include`` of ours: no compiler can pick up a stray ``activations.cuh``
+    from the working directory, and CuPy's on-disk cache, keyed on this
+    string and the options, sees every header edit.  The cell headers are
+    added here, not included by the source, so that a new cell is only a new
+    header in ``cells/`` (and its registry entry).
+    """
+    done = set()
+    headers = "".join(inline_file(header, done) for header in cell_headers())
+    return (f"// Generated by {__name__}.module_code: the cell headers of cells/, then\n"
+            f"// {source}, with every header inlined.\n{headers}{inline_file(source, done)}")
 
 
 @functools.cache
