@@ -12,6 +12,7 @@ parameter names and semantics.
 """
 
 from .cells import CELLS, Cell, cell_for
+from .config import show_config
 from .dispatch import backend_name, namespace_of
 from .interop import from_keras, from_torch, to_keras, to_torch
 from .recurrent import GRU, LSTM, RNN
@@ -22,4 +23,4 @@ __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Tape", "Cell", "CELLS", "cell_for",
            "from_torch", "to_torch", "from_keras", "to_keras",
-           "namespace_of", "backend_name", "__version__"]
+           "namespace_of", "backend_name", "show_config", "__version__"]
