@@ -29,12 +29,14 @@ import math
 import numbers
 import os
 
+from ..cells import CELLS, cells_of_layer
+from ..devices import DEVICES
+
 __all__ = ["ConfigError", "load_config", "check_config", "layer_names"]
 
 TASKS = ("classification", "regression", "language_model")
 LOSSES = {"classification": ("cross_entropy",), "regression": ("mse",),
           "language_model": ("cross_entropy",)}
-DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
 
 
@@ -44,13 +46,11 @@ class ConfigError(ValueError):
 
 def layer_names():
     """The public recurrent layer classes, from the cell registry."""
-    from ..cells import CELLS
     return tuple(sorted({cell.layer for cell in CELLS.values()}))
 
 
 def _layer_options(layer):
     """Option names (e.g. ``nonlinearity``) and their allowed values for ``layer``."""
-    from ..cells import cells_of_layer
     options = {}
     for cell in cells_of_layer(layer):
         for key, value in cell.layer_options.items():
@@ -281,8 +281,9 @@ def _check_model(model, task, fail):
             fail("[model] nonlinearity",
                  "one of " + ", ".join(repr(o) for o in options["nonlinearity"]),
                  model["nonlinearity"])
-    if model["proj_size"] and model["layer"] != "LSTM":
-        fail("[model] proj_size", "0 (only LSTM layers have a projection)", model["proj_size"])
+    if model["proj_size"] and not any(c.has_projection for c in cells_of_layer(model["layer"])):
+        fail("[model] proj_size", f"0 ({model['layer']} has no projection; LSTM has)",
+             model["proj_size"])
     if model["proj_size"] and model["proj_size"] >= model["hidden_size"]:
         fail("[model] proj_size", f"an integer < hidden_size = {model['hidden_size']}",
              model["proj_size"])
