@@ -282,7 +282,8 @@ def _check_model(model, task, fail):
                  "one of " + ", ".join(repr(o) for o in options["nonlinearity"]),
                  model["nonlinearity"])
     if model["proj_size"] and not any(c.has_projection for c in cells_of_layer(model["layer"])):
-        fail("[model] proj_size", f"0 ({model['layer']} has no projection; LSTM has)",
+        projected = sorted({c.layer for c in CELLS.values() if c.has_projection})
+        fail("[model] proj_size", f"0 (only {', '.join(projected)} layers have a projection)",
              model["proj_size"])
     if model["proj_size"] and model["proj_size"] >= model["hidden_size"]:
         fail("[model] proj_size", f"an integer < hidden_size = {model['hidden_size']}",
