@@ -53,7 +53,7 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(workdir, job):
               if job == "classification" else
               language_model_config(training={"steps": 10, "log_every": 5}))
     results = _run_both(workdir, config)
-    (one, one_metrics, one_log), (two, two_metrics, two_log) = results[1], results[2]
+    (one, one_metrics, _), (two, two_metrics, two_log) = results[1], results[2]
     assert two.progress == one.progress
     for name, value in one.model_state.items():
         np.testing.assert_allclose(two.model_state[name], value, rtol=2e-5, atol=2e-6,

@@ -6,7 +6,6 @@ stacked, bidirectional layer with lengths and initial states.
 """
 
 import numpy as np
-import pytest
 
 from conftest import make_layer
 from rnnkern.reference import reference_backward, reference_forward

@@ -238,7 +238,6 @@ def _predict_dask(args, meta, state, x, lengths, out):
         # an .npz array (already in memory here): its chunks are sent
         xd = _file_blocks(args.input, x, args.chunk_size) if isinstance(x, np.memmap) else \
             da.from_array(np.asarray(x), chunks=chunks)
-        ld = None if lengths is None else da.from_array(lengths, chunks=(args.chunk_size,))
         kind = meta["config"]["task"]["kind"]
         output_size = meta["sizes"]["output_size"]
         out_chunks = ((xd.chunks[0], (output_size,)) if kind == "classification"

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..training import (CheckpointError, batchify, chunks_per_epoch, clip_grad_norm,
                         clip_grad_value, evaluate_loss, read_checkpoint, save_checkpoint)
+from ..training.checkpoint import unwritable_reason
 from .config import ConfigError, load_config, optimizer_from_config
 from .data import epoch_order, load_data
 from .distributed import communicator
@@ -426,10 +427,9 @@ def run(args, comm):
 
 
 def _check_directory(path):
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise ConfigError(f"[training] checkpoint ({path}): the directory {directory} does "
-                          f"not exist or is not writable")
+    reason = unwritable_reason(path)
+    if reason is not None:
+        raise ConfigError(f"[training] checkpoint ({path}): {reason}")
 
 
 def _remove_stale_temporaries(path):

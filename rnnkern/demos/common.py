@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 
 import array_api_compat
+
+from ..training.checkpoint import unwritable_reason
 
 __all__ = ["UsageError", "positive_int", "nonnegative_float", "check_writable_directory",
            "build_on_device", "namespace_and_device"]
@@ -34,10 +35,9 @@ def nonnegative_float(text):
 
 def check_writable_directory(path):
     """Fail before training, not after, if the checkpoint cannot be written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise UsageError(f"checkpoint {path}: the directory {directory} does not exist "
-                         f"or is not writable")
+    reason = unwritable_reason(path)
+    if reason is not None:
+        raise UsageError(f"checkpoint {path}: {reason}")
 
 
 def build_on_device(build, device):

@@ -31,6 +31,7 @@ import numpy as np
 from .beyond_array_api import to_numpy
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "read_checkpoint",
+           "unwritable_reason",
            "load_checkpoint"]
 
 FORMAT = "rnnkern-checkpoint"
@@ -50,6 +51,14 @@ class Checkpoint:
     progress: dict
     model_state: dict
     optimizer_state: dict | None
+
+
+def unwritable_reason(path):
+    """Why a checkpoint cannot be written to ``path`` (None if it can): ask before training."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        return f"the directory {directory} does not exist or is not writable"
+    return None
 
 
 def save_checkpoint(path, model, *, optimizer=None, config=None, progress=None):
