@@ -26,7 +26,7 @@ state = (np.zeros((B, H)),)
 y = np.empty((T, B, H))
 no_projection = np.empty((0, 0))
 forward_sequence(CellRows("elman.tanh"), (0, 0), gx, np.zeros((H, H)), np.zeros(H),
-                 np.full(B, T, np.int32), False, state, y, (np.empty((T, B, H)),),
+                 np.full(B, T, np.int32), False, True, state, y, (np.empty((T, B, H)),),
                  (np.empty((T, B, H)),), np.empty((B, H)), no_projection, state, y, no_projection)
 print(json.dumps({"y": float(y[0, 0, 0]),
                   "hits": sum(forward_sequence.stats.cache_hits.values())}))

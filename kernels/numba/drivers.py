@@ -14,9 +14,15 @@ compiling again, and the rows inline into the loop.
 Row contract (``t``, ``b`` the step and the batch row; arrays whole, the row
 indexes them)::
 
-    forward_row(t, b, gx, gh, b_hh, state, y, saved)
+    forward_row(t, ty, ts, b, gx, gh, b_hh, state, y, saved)
         reads gx[t, b], gh[b], b_hh and the state rows state[k][b]; updates
-        the state rows in place and writes y[t, b] and saved[k][t, b]
+        the state rows in place and writes y[ty, b] and saved[k][ts, b].
+        The driver picks the slots: ``ts = t`` when BPTT keeps the step,
+        else 0 (inference: ``saved`` has ONE step, rewritten every step and
+        never read); ``ty = t`` when the rows write the layer's ``y``, ``ts``
+        when they write the projection's m_t.  Every array stays C-contiguous
+        with the same Numba type in both modes, so the rows vectorize alike
+        (a stride-0 time axis, tried, made inference ~1.4x slower).
     backward_row(t, b, dy, carry, saved, history, dgx, dgh)
         carry[k][b] enters as the gradient reaching state k after step t
         (for h without dy[t, b], which the row adds) and leaves as the
@@ -25,9 +31,9 @@ indexes them)::
         (and dgh[t, b] when the cell's dgh differs from its dgx)
 
 The rows run only for active steps (``t < lengths[b]``); the drivers handle
-the rest: an inactive forward step keeps the state, writes y = 0 and zero
-saved rows; an inactive backward step passes the carries through and writes
-zero pre-activation gradients.
+the rest: an inactive forward step keeps the state, writes y = 0 and (when
+BPTT keeps the step) zero saved rows; an inactive backward step passes the
+carries through and writes zero pre-activation gradients.
 """
 
 from __future__ import annotations
@@ -84,17 +90,17 @@ def _rows_of(rows, which):
     return getattr(importlib.import_module(f"{__package__}.{module}"), f"{prefix}_{which}_row")
 
 
-def forward_row(rows, t, b, gx, gh, b_hh, state, y, saved):
+def forward_row(rows, t, ty, ts, b, gx, gh, b_hh, state, y, saved):
     """The cell's forward row (compiled code only; see the module docstring)."""
     raise NotImplementedError("only callable from Numba-compiled code")
 
 
 @overload(forward_row, jit_options=JIT, inline="always")
-def _forward_row_overload(rows, t, b, gx, gh, b_hh, state, y, saved):
+def _forward_row_overload(rows, t, ty, ts, b, gx, gh, b_hh, state, y, saved):
     row = _rows_of(rows, "forward")
     if row is not None:
-        return lambda rows, t, b, gx, gh, b_hh, state, y, saved: row(t, b, gx, gh, b_hh, state,
-                                                                     y, saved)
+        return lambda rows, t, ty, ts, b, gx, gh, b_hh, state, y, saved: row(
+            t, ty, ts, b, gx, gh, b_hh, state, y, saved)
     return None
 
 
@@ -113,8 +119,8 @@ def _backward_row_overload(rows, t, b, dy, carry, saved, history, dgx, dgh):
 
 
 @nb.njit(**JIT)
-def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, state, y, history, saved,
-                     gh, w_hr_t, cell_state, cell_y, projected):
+def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, keep, state, y, history,
+                     saved, gh, w_hr_t, cell_state, cell_y, projected):
     """Run one layer-direction forward over all T steps.
 
     Parameters (outputs after the inputs they pair with)
@@ -126,16 +132,20 @@ def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, state, y, h
     b_hh : (G*H,)
     lengths : (B,) int       row b is active at time t iff t < lengths[b]
     reverse : bool           t = T-1 ... 0
+    keep : bool              keep what BPTT needs (training); False for inference
     state : tuple of (B, .)  initial states on entry, final states on exit (h first)
     y : (T, B, P)            outputs, zero where inactive
-    history : tuple of (T, B, .)   each state as it entered step t
-    saved : tuple of (T, B, W*H)   what the cell keeps for BPTT, zero where inactive
+    history : tuple of (T, B, .)   each state as it entered step t; not touched
+                             without ``keep`` (pass (0, B, .) arrays)
+    saved : tuple of (S, B, W*H)   what the cell keeps for BPTT, zero where
+                             inactive; S = T with ``keep``, else S = 1: a
+                             scratch slot the rows rewrite every step
     gh : (B, G*H)            workspace
     w_hr_t : (H, P)          the projection W_hr transposed (LSTM proj_size), or (0, 0)
     cell_state, cell_y       what the rows update and write: ``state`` and ``y``
                              themselves without a projection; with one, the
                              unprojected m_t = o tanh(c_t): cell_state = (m (B, H),
-                             the other states), cell_y (T, B, H) keeps m_t for BPTT
+                             the other states), cell_y (S, B, H) keeps m_t for BPTT
     projected : (B, P)       workspace of the projection (or (0, 0))
 
     With a projection each step ends with ``h_t = m_t W_hr^T`` (one GEMM),
@@ -143,19 +153,24 @@ def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, state, y, h
     """
     T, B = gx.shape[0], gx.shape[1]
     h = state[0]
+    projecting = w_hr_t.shape[0] > 0
     for s in range(T):
         t = T - 1 - s if reverse else s
-        for k in range(len(state)):
-            history[k][t] = state[k]
+        ts = t if keep else 0                   # the slot of saved (and of m_t)
+        ty = ts if projecting else t            # the slot of what the rows call y
+        if keep:
+            for k in range(len(state)):
+                history[k][t] = state[k]
         gemm(blas, h, w_hh_t, gh)                # gh = h_{t-1} W_hh^T
         for b in range(B):
             if t < lengths[b]:
-                forward_row(rows, t, b, gx, gh, b_hh, cell_state, cell_y, saved)
+                forward_row(rows, t, ty, ts, b, gx, gh, b_hh, cell_state, cell_y, saved)
             else:                               # padded step: state held, y = 0
-                cell_y[t, b] = 0
-                for k in range(len(saved)):
-                    saved[k][t, b] = 0
-        if w_hr_t.shape[0] > 0:
+                cell_y[ty, b] = 0
+                if keep:
+                    for k in range(len(saved)):
+                        saved[k][t, b] = 0
+        if projecting:
             gemm(blas, cell_state[0], w_hr_t, projected)     # h_t = m_t W_hr^T
             for b in range(B):
                 if t < lengths[b]:

@@ -13,8 +13,8 @@ from .activations import one, tanh
 
 
 @nb.njit(**INLINE)
-def _forward_row(relu, t, b, gx, gh, b_hh, state, y, saved):
-    h, y_t, h_saved = state[0][b], y[t, b], saved[0][t, b]
+def _forward_row(relu, t, ty, ts, b, gx, gh, b_hh, state, y, saved):
+    h, y_t, h_saved = state[0][b], y[ty, b], saved[0][ts, b]
     gx_t, gh_b = gx[t, b], gh[b]
     for j in range(h.shape[0]):
         a = gx_t[j] + gh_b[j] + b_hh[j]
@@ -39,8 +39,8 @@ def _backward_row(relu, t, b, dy, carry, saved, history, dgx, dgh):
 
 
 @nb.njit(**INLINE)
-def tanh_forward_row(t, b, gx, gh, b_hh, state, y, saved):
-    _forward_row(False, t, b, gx, gh, b_hh, state, y, saved)
+def tanh_forward_row(t, ty, ts, b, gx, gh, b_hh, state, y, saved):
+    _forward_row(False, t, ty, ts, b, gx, gh, b_hh, state, y, saved)
 
 
 @nb.njit(**INLINE)
@@ -49,8 +49,8 @@ def tanh_backward_row(t, b, dy, carry, saved, history, dgx, dgh):
 
 
 @nb.njit(**INLINE)
-def relu_forward_row(t, b, gx, gh, b_hh, state, y, saved):
-    _forward_row(True, t, b, gx, gh, b_hh, state, y, saved)
+def relu_forward_row(t, ty, ts, b, gx, gh, b_hh, state, y, saved):
+    _forward_row(True, t, ty, ts, b, gx, gh, b_hh, state, y, saved)
 
 
 @nb.njit(**INLINE)

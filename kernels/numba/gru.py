@@ -18,8 +18,8 @@ from .activations import one, sigmoid, tanh
 
 
 @nb.njit(**INLINE)
-def gru_forward_row(t, b, gx, gh, b_hh, state, y, saved):
-    h, y_t, gates, gh_n = state[0][b], y[t, b], saved[0][t, b], saved[1][t, b]
+def gru_forward_row(t, ty, ts, b, gx, gh, b_hh, state, y, saved):
+    h, y_t, gates, gh_n = state[0][b], y[ty, b], saved[0][ts, b], saved[1][ts, b]
     H = h.shape[0]
     gx_t, gh_b = gx[t, b], gh[b]
     gx_r, gx_z, gx_n = gx_t[:H], gx_t[H:2 * H], gx_t[2 * H:]

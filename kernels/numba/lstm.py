@@ -17,8 +17,8 @@ from .activations import one, sigmoid, tanh
 
 
 @nb.njit(**INLINE)
-def lstm_forward_row(t, b, gx, gh, b_hh, state, y, saved):
-    h, c, y_t, gates = state[0][b], state[1][b], y[t, b], saved[0][t, b]
+def lstm_forward_row(t, ty, ts, b, gx, gh, b_hh, state, y, saved):
+    h, c, y_t, gates = state[0][b], state[1][b], y[ty, b], saved[0][ts, b]
     H = h.shape[0]
     gx_t, gh_b = gx[t, b], gh[b]
     # one 1-D view per gate: no index arithmetic in the loop, so it vectorizes
