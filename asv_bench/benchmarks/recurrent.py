@@ -50,7 +50,7 @@ def warm_workload(cell, backend, dtype, shape):
 
 
 class LayerTime:
-    """Wall time of ``layer.forward(x)`` and of forward followed by ``backward``."""
+    """Wall time of inference ``layer(x)``, of ``layer.forward(x)`` and of forward + ``backward``."""
 
     params = [CELLS, BACKENDS, DTYPES, SHAPES]
     param_names = ["cell", "backend", "dtype", "shape"]
@@ -58,6 +58,9 @@ class LayerTime:
 
     def setup(self, cell, backend, dtype, shape):
         self.workload = warm_workload(cell, backend, dtype, shape)
+
+    def time_inference(self, cell, backend, dtype, shape):
+        self.workload.forward_no_grad()
 
     def time_forward(self, cell, backend, dtype, shape):
         self.workload.forward()
@@ -75,6 +78,9 @@ class HostMemory:
 
     def setup(self, cell, dtype, shape):
         self.workload = warm_workload(cell, "numpy", dtype, shape)
+
+    def peakmem_inference(self, cell, dtype, shape):
+        self.workload.forward_no_grad()
 
     def peakmem_forward_backward(self, cell, dtype, shape):
         self.workload.forward_backward()

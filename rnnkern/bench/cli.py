@@ -61,9 +61,9 @@ from .workers import WorkerError, first_call_seconds, run_in_fresh_process
 __all__ = ["main"]
 
 LIBRARIES = ("rnnkern", "torch", "reference")
-#: Passes of the floor, and rows of the table.  ``forward_no_grad`` is torch
-#: under ``torch.no_grad()``; rnnkern and the reference have one forward only,
-#: and that row repeats their ``forward`` times.
+#: Passes of the floor, and rows of the table.  ``forward_no_grad`` is
+#: inference: torch under ``torch.no_grad()``, rnnkern's ``layer(x)`` (no
+#: tape); the reference has one forward only, and that row repeats it.
 PASSES = ("forward", "forward_backward")
 ROW_PASSES = ("forward", "forward_no_grad", "forward_backward")
 PASS_LABELS = {"forward": "fwd", "forward_no_grad": "fwd no_grad", "forward_backward": "fwd+bwd"}
@@ -438,11 +438,12 @@ def _median(samples):
 
 
 def _row_samples(timings, library, cell, shape, row_pass):
-    """A library's samples for a table row: its one forward stands in for ``forward_no_grad``
-    unless it is torch."""
-    if row_pass == "forward_no_grad" and library != "torch":
-        row_pass = "forward"
-    return timings.get((library, cell, shape, row_pass))
+    """A library's samples for a table row: a library without an inference pass (the
+    reference) has its one forward stand in for ``forward_no_grad``."""
+    samples = timings.get((library, cell, shape, row_pass))
+    if samples is None and row_pass == "forward_no_grad":
+        samples = timings.get((library, cell, shape, "forward"))
+    return samples
 
 
 def _worst(shares):
@@ -565,9 +566,9 @@ def _format_report(report):
     lines.append("")
     lines.extend(_aligned(table, left_columns=3))
     lines.append("")
-    lines.append("fwd: torch with autograd on, as rnnkern's forward keeps what backward "
-                 "needs; fwd no_grad: torch under torch.no_grad() (rnnkern, reference: "
-                 "their one forward, as in fwd).")
+    lines.append("fwd: rnnkern's layer.forward (keeps the tape) and torch with autograd on; "
+                 "fwd no_grad: inference, rnnkern's layer(x) (no tape) and torch under "
+                 "torch.no_grad() (the reference: its one forward, as in fwd).")
     lines.append("ratios: other library's time / rnnkern's (above 1: rnnkern faster). "
                  "% floor: floor time / library time.")
     lines.append("floor: the GEMMs of the pass alone, on "

@@ -8,7 +8,7 @@ same calls on the same seeded inputs.  A cell is named as in the registry
 and what its state is (``Cell.state_names``).
 
 Each class has the methods named in its ``PASSES`` (``forward()``,
-``forward_backward()``; torch also ``forward_no_grad()``), which return only
+``forward_backward()``; rnnkern and torch also ``forward_no_grad()``: inference), which return only
 once the device is idle (a device-wide synchronize on the GPU: every stream),
 and ``checksums()``.
 """
@@ -80,7 +80,7 @@ class RnnkernWorkload:
     seed : int
     """
 
-    PASSES = ("forward", "forward_backward")
+    PASSES = ("forward", "forward_no_grad", "forward_backward")
 
     def __init__(self, cell, shape, dtype, device, seed=0):
         _, x, dy = seeded_case(cell, shape, dtype, seed)   # its parameters: those of the layer
@@ -97,6 +97,12 @@ class RnnkernWorkload:
     def forward(self):
         """``layer.forward(x)``: returns ``(y, state, tape)``."""
         result = self.layer.forward(self.x)
+        self._synchronize()
+        return result
+
+    def forward_no_grad(self):
+        """``layer(x)``: inference, no tape (what torch runs under ``no_grad``)."""
+        result = self.layer(self.x)
         self._synchronize()
         return result
 
