@@ -53,13 +53,8 @@ def _expected():
     return ", ".join(f"torch.nn.{name}" for name in _kinds())
 
 
-def _rnnkern_class(module_name, class_name, argument):
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError:                  # single-step cells not built yet
-        raise TypeError(f"{argument}: rnnkern has no {class_name} ({module_name} "
-                        f"is missing)") from None
-    return getattr(module, class_name)
+def _rnnkern_class(module_name, class_name):
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def _cell_of(obj, cells, argument):
@@ -117,7 +112,7 @@ def from_torch(module, *, device="cpu"):
         options.update({key: getattr(module, key) for key in _LAYER_OPTIONS})
         if getattr(module, "proj_size", 0):            # only LSTM has it; rnnkern checks it
             options["proj_size"] = module.proj_size
-    layer = _rnnkern_class(module_name, name, "module")(module.input_size, module.hidden_size,
+    layer = _rnnkern_class(module_name, name)(module.input_size, module.hidden_size,
                                                           **options)
     layer.load_state_dict({key: _to_numpy(value) for key, value in params.items()})
     if not module.training and hasattr(layer, "eval"):
