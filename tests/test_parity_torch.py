@@ -148,6 +148,54 @@ def test_gemm_on_each_blas_matches_numpy(blas, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("M, K, N", [(1, 256, 1024), (1, 7, 1), (1, 1, 9), (5, 300, 1),
+                                     (1, 0, 4), (3, 0, 1), (1, 3, 0), (0, 3, 1)])
+def test_gemm_one_row_or_column_on_each_blas_matches_numpy(blas, dtype, M, K, N, rng):
+    """One row or one column (the GEMV route at batch 1): every layout, over a dirty ``out``."""
+    from rnnkern.backends.numba.blas import gemm_function
+    from rnnkern.kernels.numba.gemm import gemm
+    a = rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    a_f, b_f = np.ascontiguousarray(a.T).T, np.ascontiguousarray(b.T).T
+    for left, right in [(a, b), (a_f, b), (a, b_f), (a_f, b_f)]:
+        out = np.full((M, N), np.nan, dtype)
+        gemm(gemm_function(dtype), left, right, out)
+        np.testing.assert_allclose(out, left @ right, rtol=1e-5 if dtype == "float32" else 1e-12,
+                                   atol=1e-5 if dtype == "float32" else 1e-12)
+
+
+def _symbol_at(address):
+    """(shared object, symbol name) that ``address`` belongs to, by dladdr."""
+    import ctypes
+
+    class DlInfo(ctypes.Structure):
+        _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                    ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+    dladdr = ctypes.CDLL(None).dladdr
+    dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(DlInfo)]
+    info = DlInfo()
+    assert dladdr(address, ctypes.byref(info))
+    return info.dli_fname.decode(), info.dli_sname.decode()
+
+
+@pytest.mark.parametrize("dtype, letter", [("float32", "s"), ("float64", "d")])
+def test_gemm_function_names_gemm_and_gemv_of_one_library(blas, dtype, letter):
+    """The GEMV address sits beside the GEMM's, in the same library (none for "scipy")."""
+    from rnnkern.backends.numba.blas import gemm_function
+    gemm_address, ilp64, gemv_address = gemm_function(dtype)
+    if blas == "scipy":
+        assert (gemm_address, ilp64, gemv_address) == (0, 0, 0)
+        return
+    gemm_library, gemm_symbol = _symbol_at(gemm_address)
+    gemv_library, gemv_symbol = _symbol_at(gemv_address)
+    assert gemm_library == gemv_library
+    assert f"cblas_{letter}gemm" in gemm_symbol
+    assert gemv_symbol == gemm_symbol.replace(f"{letter}gemm", f"{letter}gemv")
+    assert ilp64 == int(gemm_symbol.endswith("64_"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_both_oracles_agree(cell, dtype):
     """The reference oracle (used for cells torch lacks) against torch, where torch has the cell."""
     if not cell.torch_oracle:

@@ -31,10 +31,11 @@ __all__ = ["use_blas", "blas_name", "gemm_function"]
 CHOICES = ("numpy", "mkl", "scipy")
 _choice = os.environ.get("RNNKERN_BLAS", "numpy").lower()
 
-# CBLAS sgemm/dgemm symbols, most specific first, with whether their integer
-# arguments are 64-bit (ILP64: the "64_" suffix of NumPy's scipy-openblas).
-_SYMBOLS = [("scipy_cblas_{}gemm64_", True), ("cblas_{}gemm64_", True),
-            ("scipy_cblas_{}gemm", False), ("cblas_{}gemm", False)]
+# CBLAS symbols ("{}" is the routine: sgemm, dgemv, ...), most specific first,
+# with whether their integer arguments are 64-bit (ILP64: the "64_" suffix of
+# NumPy's scipy-openblas).
+_SYMBOLS = [("scipy_cblas_{}64_", True), ("cblas_{}64_", True),
+            ("scipy_cblas_{}", False), ("cblas_{}", False)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,7 +52,8 @@ def _numpy_openblas():
                 and Path(path).parent.name == "numpy.libs":
             handle = ctypes.CDLL(path)
             for pattern, ilp64 in _SYMBOLS:
-                if hasattr(handle, pattern.format("s")):
+                if all(hasattr(handle, pattern.format(routine))
+                       for routine in ("sgemm", "dgemm", "sgemv", "dgemv")):
                     return handle, pattern, ilp64
     return None
 
@@ -92,16 +94,24 @@ def blas_name() -> str:
 
 
 def gemm_function(dtype) -> tuple:
-    """``(address, ilp64)`` of the CBLAS gemm for ``dtype``; ``(0, 0)`` means ``np.dot``."""
+    """``(gemm_address, ilp64, gemv_address)`` of the CBLAS ``?gemm`` and ``?gemv`` for ``dtype``.
+
+    Both come from the same library; ``ilp64`` is 1 where their sizes are
+    64-bit integers.  ``(0, 0, 0)`` means ``np.dot``.
+    """
     import numpy as np
 
     letter = {"float32": "s", "float64": "d"}[np.dtype(dtype).name]
     name = blas_name()
     if name == "mkl":
-        function, ilp64 = getattr(_mkl(), f"cblas_{letter}gemm"), False
+        handle, pattern, ilp64 = _mkl(), "cblas_{}", False
     elif name == "numpy":
         handle, pattern, ilp64 = _numpy_openblas()
-        function = getattr(handle, pattern.format(letter))
     else:
-        return (0, 0)
-    return (ctypes.cast(function, ctypes.c_void_p).value, int(ilp64))
+        return (0, 0, 0)
+
+    def address(routine):
+        function = getattr(handle, pattern.format(letter + routine))
+        return ctypes.cast(function, ctypes.c_void_p).value
+
+    return (address("gemm"), int(ilp64), address("gemv"))
