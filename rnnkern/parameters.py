@@ -66,8 +66,16 @@ class ParameterLayer:
             self._version += 1
         return self
 
-    def _parameters_for(self, xp, argument="x"):
-        """The parameters as arrays of namespace ``xp``, or a clear TypeError."""
+    def _parameters_for(self, xp, argument="x", *, copy=False):
+        """The parameters as arrays of namespace ``xp``, or a clear TypeError.
+
+        ``copy=True`` gives copies, for a tape: its gradients then stay right
+        even if an optimizer updates the parameters in place before backward.
+        """
+        params = self._parameters_in(xp, argument)
+        return {name: xp.asarray(p, copy=True) for name, p in params.items()} if copy else params
+
+    def _parameters_in(self, xp, argument):
         backend = backend_name(xp)
         if backend == "generic":
             if self.device != "cpu":

@@ -111,7 +111,7 @@ class RecurrentLayer(RegistryCellMixin, ParameterLayer):
         self.batch_first = v.check_bool("batch_first", batch_first)
         self.bidirectional = v.check_bool("bidirectional", bidirectional)
         self.proj_size = self._checked_proj_size(proj_size)
-        self.dropout = _checked_dropout(dropout)
+        self.dropout = v.check_probability("dropout", dropout)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(f"dropout: {self.dropout} applies between layers, and this "
                           f"{type(self).__name__} has num_layers=1 (as torch warns too)",
@@ -119,8 +119,7 @@ class RecurrentLayer(RegistryCellMixin, ParameterLayer):
         self.training = True          # torch's default mode; see train() and eval()
         dtype = v.check_float_dtype("dtype", dtype)
         check_device(device)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed: expected an integer or None, got {seed!r}")
+        v.check_seed("seed", seed)
         self.num_directions = 2 if self.bidirectional else 1
         # The dropout masks come from a stream of their own, so that a seeded
         # layer draws the same masks whatever the initialisation consumed.
@@ -209,9 +208,7 @@ class RecurrentLayer(RegistryCellMixin, ParameterLayer):
         state0 = self._split_state(state, "state")
         xp = namespace_of(x, *state0, names=["x", *self._state_argument_names("state", "0")])
         backend = backend_for(xp)
-        params = self._parameters_for(xp)
-        if keep:
-            params = {name: xp.asarray(p, copy=True) for name, p in params.items()}
+        params = self._parameters_for(xp, copy=keep)
         v.check_array("x", x, (2, 3), self.dtype, (None,) * (x.ndim - 1) + (self.input_size,))
         unbatched = x.ndim == 2
         if unbatched:
@@ -431,11 +428,3 @@ class GRU(RecurrentLayer):
                          batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
                          proj_size=proj_size, dtype=dtype, device=device, seed=seed)
 
-
-def _checked_dropout(dropout):
-    """``dropout`` as a float in [0, 1), or a clear error."""
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)):
-        raise TypeError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
-    return float(dropout)

@@ -28,7 +28,6 @@ entry whose ``Cell.layer`` is the class's ``layer`` and whose
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
@@ -86,8 +85,7 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         self.bias = v.check_bool("bias", bias)
         dtype = v.check_float_dtype("dtype", dtype)
         check_device(device)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(f"seed: expected an integer or None, got {seed!r}")
+        v.check_seed("seed", seed)
         self._init_parameters(self._initial_parameters(np.random.default_rng(seed)), dtype, device)
 
     def _parameter_shapes(self):
@@ -126,9 +124,7 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         state = self._split_state(state, "state")
         xp = namespace_of(x, *state, names=["x", *names])
         backend = backend_for(xp)
-        params = self._parameters_for(xp)
-        if keep:
-            params = {name: xp.asarray(p, copy=True) for name, p in params.items()}
+        params = self._parameters_for(xp, copy=keep)
         v.check_array("x", x, (1, 2), self.dtype, (None,) * (x.ndim - 1) + (self.input_size,))
         unbatched = x.ndim == 1
         batch = 1 if unbatched else x.shape[0]

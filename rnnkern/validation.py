@@ -49,6 +49,22 @@ def check_positive_int(name, value, minimum=1) -> int:
     return int(value)
 
 
+def check_seed(name, seed):
+    """A seed argument: an integer or None (fresh entropy); returns it."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"{name}: expected an integer or None, got {seed!r}")
+    return seed
+
+
+def check_probability(name, value) -> float:
+    """A probability in [0, 1) (dropout: 1 would drop everything); returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a probability in [0, 1), got {value!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
 def check_bool(name, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r}")

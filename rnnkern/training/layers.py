@@ -398,9 +398,7 @@ def _format_shape(shape):
 
 
 def _rng(name, seed):
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise TypeError(f"{name}: expected an integer or None, got {seed!r}")
-    return np.random.default_rng(seed)
+    return np.random.default_rng(v.check_seed(name, seed))
 
 
 def _check_token_ids(name, xp, ids, vocabulary_size):
