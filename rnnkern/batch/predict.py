@@ -35,6 +35,7 @@ import uuid
 
 import numpy as np
 
+from ..devices import DEVICES
 from ..training import CheckpointError, read_checkpoint, to_numpy
 from .config import ConfigError
 from .model import BatchModel
@@ -54,7 +55,7 @@ def build_parser():
     parser.add_argument("--lengths", metavar="FILE", help=".npy file of sequence lengths")
     parser.add_argument("--chunk-size", type=int, default=1024, metavar="N",
                         help="samples per chunk (1024)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--dask", action="store_true",
                         help="run the chunks as a Dask array on a distributed cluster")
     parser.add_argument("--scheduler", metavar="ADDRESS",

@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 
 from ..cells import cell_for
+from ..devices import DEVICES
 from .shapes import CELLS, FIRST_CALL_SHAPE, parse_shape, shapes_for
 from .workers import WorkerError, first_call_seconds, run_in_fresh_process
 
@@ -138,7 +139,7 @@ def _parse_arguments(argv):
         prog="python -m rnnkern bench",
         description="Time rnnkern against torch.nn and the plain NumPy reference, "
                     "each library in its own processes, with the GEMM floor of each shape.")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="cpu: NumPy arrays vs torch CPU; cuda: CuPy arrays vs cuDNN "
                              "(TF32 off). Default: cpu")
     parser.add_argument("--cell", nargs="+", choices=CELLS, metavar="CELL",

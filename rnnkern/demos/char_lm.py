@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import recurrent
+from ..devices import DEVICES
 from ..training import (Adam, Dense, Embedding, Sequential, batchify, bptt_chunks,
                         chunks_per_epoch, evaluate_loss, generate, load_checkpoint,
                         read_checkpoint, save_checkpoint, train_step)
@@ -58,7 +59,7 @@ def build_parser():
     parser.add_argument("--text", metavar="FILE",
                         help="UTF-8 text file to train on, its last 10%% held out (default: "
                              "the Python standard library's own .py files, every tenth held out)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="cpu: NumPy arrays, Numba kernels; cuda: CuPy arrays, CUDA kernels")
     parser.add_argument("--steps", type=positive_int, default=1000,
                         help="training steps (chunks of batch-size x seq-len characters) "

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import recurrent
 from ..cells import CELLS
+from ..devices import DEVICES
 from ..training import (Adam, Dense, LastTimestep, Sequential, clip_grad_norm,
                         mean_squared_error, save_checkpoint)
 from .common import (build_on_device, check_writable_directory, namespace_and_device,
@@ -48,7 +49,7 @@ def build_parser():
     parser.add_argument("--lr", type=nonnegative_float, default=3e-3,
                         help="Adam learning rate (3e-3)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order seed")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--checkpoint", metavar="PATH", help="save the trained model here")
     return parser
 
