@@ -33,6 +33,7 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     gx_all = xp.matmul(x, xp.permute_dims(params["weight_ih"], (1, 0))) + params["bias_ih"]
     w_hh_t = xp.permute_dims(params["weight_hh"], (1, 0))
     projection = params.get("weight_hr")          # LSTM proj_size: h_t = m_t W_hr^T
+    w_hr_t = None if projection is None else xp.permute_dims(projection, (1, 0))
     ys, history, saved, m = [None] * T, [None] * T, [None] * T, [None] * T
     for t in time_order(T, reverse):
         active = _active_mask(xp, lengths, t, state[0])
@@ -40,7 +41,7 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
                                                 params["bias_hh"], state)
         if projection is not None:
             m[t] = new_state[0]
-            new_state = (xp.matmul(m[t], xp.permute_dims(projection, (1, 0))),) + new_state[1:]
+            new_state = (xp.matmul(m[t], w_hr_t),) + new_state[1:]
         history[t] = state
         ys[t] = xp.where(active, new_state[0], xp.zeros_like(new_state[0]))
         state = _where_active(xp, active, new_state, state)

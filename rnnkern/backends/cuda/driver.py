@@ -99,6 +99,16 @@ def step_launch(cell, step, dtype, batch, hidden):
     return kernel_name(cell, step, dtype, index), grid, block
 
 
+def _step_masks(xp, lengths, steps, dtype):
+    """``(active, inactive)``, ``(T, B, 1)`` arrays of 1 and 0: row b active at step t.
+
+    Computed once per direction, so the projection's per-step masking is one
+    elementwise product into a buffer, with nothing allocated in the loop.
+    """
+    active = (lengths.reshape(1, -1, 1) > xp.arange(steps).reshape(-1, 1, 1)).astype(dtype)
+    return active, 1 - active
+
+
 def _state_slots(steps, reverse, keep):
     """Where the states live in their ``(slots, B, H)`` buffers.
 
@@ -157,6 +167,7 @@ def forward_direction_with(launcher, cell, x, params, state, lengths, reverse, *
         cell_y = xp.empty((T if keep else 1, B, H), dtype=dtype)
         w_hr_t = xp.ascontiguousarray(w_hr.T)           # (H, P)
         projected = xp.empty((B, P), dtype=dtype)
+        active, inactive = _step_masks(xp, lengths, T, dtype)
 
     name, grid, block = step_launch(cell, "forward", dtype, B, H)
     for k, (t, prev, nxt) in enumerate(schedule):
@@ -174,9 +185,9 @@ def forward_direction_with(launcher, cell, x, params, state, lengths, reverse, *
         launcher.launch(name, grid, block, args)
         if w_hr is not None:                           # h_t = m_t W_hr^T where active
             xp.matmul(state_next[0], w_hr_t, out=projected)
-            active = xp.reshape(lengths > t, (B, 1))
-            states[0][nxt] = xp.where(active, projected, states[0][prev])
-            y[t] = xp.where(active, projected, xp.zeros_like(projected))
+            xp.multiply(projected, active[t], out=y[t])
+            xp.multiply(states[0][prev], inactive[t], out=states[0][nxt])   # held where inactive
+            states[0][nxt] += y[t]
 
     state_n = tuple(s[last] for s in states)
     if not keep:
@@ -219,19 +230,21 @@ def backward_direction_with(launcher, cell, dy, dstate_n, tape):
         dm = xp.empty((B, H), dtype=dtype)
         zeros_h = xp.zeros((B, H), dtype=dtype)        # dy_t, dh_recurrent, h_{t-1} for the kernel
         unused_dm_prev = xp.empty((B, H), dtype=dtype)
+        active, inactive = _step_masks(xp, tape["lengths"], T, dtype)
 
     name, grid, block = step_launch(cell, "backward", dtype, B, H)
     for k, t in enumerate(time_order(T, not tape["reverse"])):
         read, write = k % 2, 1 - k % 2
         dstate, dstate_prev = [c[read] for c in carry], [c[write] for c in carry]
-        state_prev, dy_t, recurrent = [s[t] for s in history], dy[t], dh_recurrent
-        if w_hr is not None:
-            active = xp.reshape(tape["lengths"] > t, (B, 1))
-            dh_t = dstate[0] + dh_recurrent + dy[t]
-            dh_projected[t] = xp.where(active, dh_t, xp.zeros_like(dh_t))
+        if w_hr is None:
+            state_prev, dy_t, recurrent = [s[t] for s in history], dy[t], dh_recurrent
+        else:                    # dh_t = dh (carried, + through W_hh) + dy_t, where active
+            carried = dstate[0] + dh_recurrent
+            xp.multiply(carried + dy[t], active[t], out=dh_projected[t])
             xp.matmul(dh_projected[t], w_hr, out=dm)   # dm = dh_t W_hr
-            carry[0][write] = xp.where(active, xp.zeros_like(dh_t), dstate[0] + dh_recurrent)
-            dstate[0], dstate_prev[0], state_prev[0] = dm, unused_dm_prev, zeros_h
+            xp.multiply(carried, inactive[t], out=carry[0][write])   # inactive rows: passed on
+            dstate[0], dstate_prev[0] = dm, unused_dm_prev
+            state_prev = [zeros_h] + [s[t] for s in history[1:]]
             dy_t, recurrent = zeros_h, zeros_h
         args = backward_step_arguments([d[t] for d in dgates], dstate_prev, dy_t, recurrent,
                                        dstate, [a[t] for a in saved], state_prev,
