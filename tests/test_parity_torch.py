@@ -15,11 +15,13 @@ from torch_oracle import oracle_run, torch_run
 
 
 @st.composite
-def configurations(draw):
+def configurations(draw, projected=False):
+    """A random layer configuration; ``projected``: cells with a projection and a proj_size."""
+    cells = [cell for cell in ALL_CELLS if cell.has_projection] if projected else ALL_CELLS
     cfg = dict(
-        cell=draw(st.sampled_from(ALL_CELLS)),
+        cell=draw(st.sampled_from(cells)),
         T=draw(st.integers(1, 7)), B=draw(st.integers(1, 5)),
-        I=draw(st.integers(1, 9)), H=draw(st.integers(1, 11)),
+        I=draw(st.integers(1, 9)), H=draw(st.integers(2 if projected else 1, 11)),
         num_layers=draw(st.integers(1, 3)), bidirectional=draw(st.booleans()),
         batch_first=draw(st.booleans()), bias=draw(st.booleans()),
         dtype=draw(st.sampled_from(["float64", "float32"])),
@@ -27,6 +29,8 @@ def configurations(draw):
         with_dstate=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
     if cfg["with_lengths"]:
         cfg["lengths"] = draw(st.lists(st.integers(1, cfg["T"]), min_size=cfg["B"], max_size=cfg["B"]))
+    if projected:
+        cfg["proj_size"] = draw(st.integers(1, cfg["H"] - 1))
     return cfg
 
 

@@ -14,36 +14,20 @@ import array_api_strict as xps
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
 
 import rnnkern as rk
 import rnnkern.recurrent
 from conftest import TOLERANCE
 from rnnkern.backends.cuda.emulation import emulated_backend
 from rnnkern.cells import CELLS
-from test_parity_torch import check_against_torch, make_case
+from test_parity_torch import check_against_torch, configurations, make_case
 from torch_oracle import torch_layer
 
 LSTM = CELLS["lstm"]
 
 
-@st.composite
-def projected_configurations(draw):
-    H = draw(st.integers(2, 9))
-    cfg = dict(cell=LSTM, T=draw(st.integers(1, 6)), B=draw(st.integers(1, 4)),
-               I=draw(st.integers(1, 7)), H=H, proj_size=draw(st.integers(1, H - 1)),
-               num_layers=draw(st.integers(1, 3)), bidirectional=draw(st.booleans()),
-               batch_first=draw(st.booleans()), bias=draw(st.booleans()),
-               dtype=draw(st.sampled_from(["float64", "float32"])),
-               with_state=draw(st.booleans()), with_lengths=draw(st.booleans()),
-               with_dstate=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
-    if cfg["with_lengths"]:
-        cfg["lengths"] = draw(st.lists(st.integers(1, cfg["T"]), min_size=cfg["B"],
-                                       max_size=cfg["B"]))
-    return cfg
-
-
-@given(projected_configurations())
+@given(configurations(projected=True))
 def test_projection_matches_torch(cfg):
     check_against_torch(cfg)
 
