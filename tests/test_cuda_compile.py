@@ -15,7 +15,9 @@ import types
 
 import pytest
 
-from rnnkern.backends.cuda.modules import KERNEL_SOURCES, compile_options, module_code
+from rnnkern.backends.cuda import planner
+from rnnkern.backends.cuda.modules import (COOPERATIVE_SOURCES, KERNEL_SOURCES, compile_options,
+                                           kernels_dir, module_code)
 
 
 def _nvrtc():
@@ -37,15 +39,35 @@ CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
 ARCHITECTURES = ["sm_75", "sm_80", "sm_90"]
 
 
+def cupy_include_options():
+    """The ``-I`` options CuPy adds: its bundled CCCL (``nv/target``, which
+    cooperative_groups.h needs) and the CUDA runtime headers it finds
+    (here the ``nvidia-cuda-runtime`` wheel of the ``test`` extra)."""
+    from cupy._core.core import _get_cccl_include_options
+    try:
+        from cuda.pathfinder import find_nvidia_header_directory
+
+        runtime = find_nvidia_header_directory("cudart")
+    except Exception:            # an older pathfinder, or no headers at all
+        runtime = None
+    if runtime is None:
+        pytest.skip("no CUDA runtime headers (cooperative_groups.h): install rnnkern[test] "
+                    "for the nvidia-cuda-runtime wheel")
+    return (*_get_cccl_include_options(), f"-I{runtime}")
+
+
 @contextlib.contextmanager
-def compiled_program(source, arch, program_name=None):
+def compiled_program(source, arch, program_name=None, extra_options=()):
     """The NVRTC program of ``source`` with every name expression, compiled for ``arch``.
 
     ``program_name`` defaults to ``source``; CuPy passes ``""`` when it keeps
-    its cache in memory (``CUPY_CACHE_IN_MEMORY=1``).
+    its cache in memory (``CUPY_CACHE_IN_MEMORY=1``).  The cooperative
+    sources include ``<cooperative_groups.h>``, found where CuPy finds it.
     """
     nvrtc = _nvrtc()
-    options = [*compile_options(), *CUPY_ADDED_OPTIONS, f"-arch={arch}"]
+    includes = cupy_include_options() if source in COOPERATIVE_SOURCES else ()
+    options = [*compile_options(), *CUPY_ADDED_OPTIONS, *includes, f"-arch={arch}",
+               *extra_options]
     program = nvrtc.createProgram(module_code(source), source if program_name is None
                                   else program_name, [], [])
     try:
@@ -149,3 +171,55 @@ def test_gpu_probe_says_when_a_kernel_cannot_be_compiled(monkeypatch):
         devices._probe.cache_clear()
     assert count == 0
     assert "cannot compile and launch" in reason and "Failed to find CUDA headers" in reason
+
+
+# ptxas -v, per entry: "Compiling entry function '<lowered>' for 'sm_90'", then
+# "N bytes stack frame, N bytes spill stores, N bytes spill loads" and
+# "Used N registers, used N barriers, N bytes smem, ..." (smem: static only).
+_ENTRY = re.compile(r"Compiling entry function '(?P<entry>[^']+)'")
+_SPILLS = re.compile(r"(?P<stack>\d+) bytes stack frame, (?P<stores>\d+) bytes spill stores")
+_REGISTERS = re.compile(r"Used (?P<registers>\d+) registers(?:.*?(?P<smem>\d+) bytes smem)?")
+
+
+def resource_usage(source, arch):
+    """{name expression: {"registers", "static_shared", "stack", "spill_stores"}} from ptxas."""
+    with compiled_program(source, arch, extra_options=("-Xptxas=-v",)) as (nvrtc, program):
+        log = nvrtc.getProgramLog(program)
+        by_entry = {nvrtc.getLoweredName(program, name): name for name in KERNEL_SOURCES[source]}
+    usage, entry = {}, None
+    for line in log.splitlines():
+        if (match := _ENTRY.search(line)) is not None:
+            entry = by_entry.get(match["entry"])
+            usage[entry] = {}
+        elif entry is not None and (match := _SPILLS.search(line)) is not None:
+            usage[entry].update(stack=int(match["stack"]), spill_stores=int(match["stores"]))
+        elif entry is not None and (match := _REGISTERS.search(line)) is not None:
+            usage[entry].update(registers=int(match["registers"]),
+                                static_shared=int(match["smem"] or 0))
+    return usage
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("source", sorted(COOPERATIVE_SOURCES))
+def test_persistent_kernels_fit_the_planners_assumptions(source, arch):
+    """Registers and shared memory, read from the compiled code, against the planner.
+
+    The planner launches ``PERSISTENT_THREADS`` threads a block, one block per
+    SM, with ``planner.shared_bytes`` of DYNAMIC shared memory: so the kernels
+    must need at most 64K registers for a block (65536 a SM on sm_80 and
+    sm_90), no static shared memory the planner does not count, and no spills
+    (a spill goes to local memory, which a step would pay for every time).
+    """
+    usage = resource_usage(source, arch)
+    assert set(usage) == set(KERNEL_SOURCES[source])
+    for name, found in usage.items():
+        assert found["registers"] * planner.PERSISTENT_THREADS <= 65536, (name, found)
+        assert found["static_shared"] == 0, (name, found)
+        assert found["spill_stores"] == 0 and found["stack"] == 0, (name, found)
+
+
+def test_persistent_thread_count_is_the_planners():
+    text = (kernels_dir() / "persistent_kernels.cu").read_text()
+    match = re.search(r"constexpr int PERSISTENT_THREADS = (\d+);", text)
+    assert match is not None and int(match[1]) == planner.PERSISTENT_THREADS

@@ -24,7 +24,7 @@ from conftest import make_layer
 from cuda_parity import (LAYER_CASES, STEP_LAUNCHES, STEP_SEEDS, STEP_SHAPES,
                          assert_results_close, check_layer_parity, check_step_kernels, run_layer,
                          to_numpy)
-from rnnkern.backends.cuda import modules
+from rnnkern.backends.cuda import modules, planner
 from rnnkern.backends.cuda.driver import (backward_direction_with, forward_direction_with,
                                           forward_step_arguments)
 from rnnkern.backends.cuda.emulation import (EmulatedLauncher, build_library, emulated_backend,
@@ -92,10 +92,11 @@ def test_layer_runs_the_64_bit_kernels_where_indices_exceed_the_limit(cell, monk
     with the NumPy path; at the real limit it launches the ``int`` ones."""
     launched = []
     launcher = EmulatedLauncher()
-    launch = launcher.launch
-    monkeypatch.setattr(launcher, "launch", lambda name, *rest: (launched.append(name),
-                                                                 launch(name, *rest))[1])
+    run_kernel = launcher._launch           # what runs, launched or replayed in a graph
+    monkeypatch.setattr(launcher, "_launch", lambda name, *rest: (launched.append(name),
+                                                                  run_kernel(name, *rest))[1])
     backend = types.SimpleNamespace(
+        __name__="emulated CUDA backend",
         forward_direction=functools.partial(forward_direction_with, launcher),
         backward_direction=functools.partial(backward_direction_with, launcher))
     layer = make_layer(cell, 3, 6, 1, bidirectional=True, dtype="float64", seed=2)
@@ -103,11 +104,13 @@ def test_layer_runs_the_64_bit_kernels_where_indices_exceed_the_limit(cell, monk
     dy = np.ones((4, 5, 12))
     expected = run_layer(layer, x, None, [4, 1, 3, 4, 2], dy, None)
     monkeypatch.setattr(rnnkern.recurrent, "backend_for", lambda xp: backend)
-    run_layer(layer, x, None, [4, 1, 3, 4, 2], dy, None)
-    assert launched and all(name.endswith(", int>") for name in launched)
-    launched.clear()
-    monkeypatch.setattr(modules, "INT32_LIMIT", 5 * 6)   # B*H fits, B*G*H does not
-    ours = run_layer(layer, x, None, [4, 1, 3, 4, 2], dy, None)
+    with planner.use_path("step"):
+        run_layer(layer, x, None, [4, 1, 3, 4, 2], dy, None)
+        assert launched and all(name.endswith(", int>") for name in launched)
+        launched.clear()
+        monkeypatch.setattr(modules, "INT32_LIMIT", 5 * 6)   # B*H fits, B*G*H does not
+        launcher.graphs.clear()             # captured with the int kernels
+        ours = run_layer(layer, x, None, [4, 1, 3, 4, 2], dy, None)
     assert launched and all(name.endswith(", long long>") for name in launched)
     assert_results_close(ours, expected, "float64", "the NumPy path")
 
@@ -141,8 +144,10 @@ def test_emulation_contracts_into_fma_as_nvrtc_does(launcher):
 
 @pytest.mark.parametrize("cfg", LAYER_CASES)
 def test_layer_matches_oracle_and_numpy_path(cfg, monkeypatch):
+    """The step path (its graphs replayed); tests/test_cuda_persistent.py runs the
+    same cases on the persistent path."""
     def run_emulated(layer, x, state, lengths, dy, dstate):
-        with monkeypatch.context() as patch:
+        with monkeypatch.context() as patch, planner.use_path("step"):
             patch.setattr(rnnkern.recurrent, "backend_for", lambda xp: emulated_backend())
             return run_layer(layer, x, state, lengths, dy, dstate)
     check_layer_parity(cfg, run_emulated)

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 import rnnkern as rk
+from conftest import make_layer
 from cuda_parity import (LAYER_CASES, STEP_LAUNCHES, STEP_SEEDS, STEP_SHAPES,
                          assert_results_close, check_layer_parity, check_step_kernels, run_layer)
-from rnnkern.backends.cuda import modules
+from rnnkern.backends.cuda import modules, planner
 from rnnkern.backends.cuda.modules import CudaKernelError, kernel_name
 from rnnkern.cells import cell_for
 from rnnkern.devices import cuda_device_count
@@ -53,9 +54,14 @@ def _to_gpu(cp, value):
 _LENGTHS_FORMS = ["list", "numpy", "cupy"]
 
 
+@pytest.mark.parametrize("path", ["persistent", "step"])
 @pytest.mark.parametrize("cfg", LAYER_CASES)
-def test_layer_matches_oracle_and_numpy_path(cp, cfg):
+def test_layer_matches_oracle_and_numpy_path(cp, cfg, path):
     def run_on_gpu(layer, x, state, lengths, dy, dstate):
+        with planner.use_path(path):
+            return run_forced(layer, x, state, lengths, dy, dstate)
+
+    def run_forced(layer, x, state, lengths, dy, dstate):
         layer.to("cuda")
         inputs = [_to_gpu(cp, a) for a in (x, state, dy, dstate)]
         before = [inputs[0].copy(), inputs[2].copy()]
@@ -310,3 +316,31 @@ def test_index_math_beyond_two_to_the_31_in_one_step(cp):
     cp.testing.assert_allclose(y[:, tail], y1, rtol=1e-6, atol=1e-6)
     cp.testing.assert_allclose(c[:, tail], c1, rtol=1e-6, atol=1e-6)
     cp.testing.assert_allclose(dx[:, tail], dx1, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("H", [256, 1000, 1024])
+@pytest.mark.parametrize("B", [1, 8])
+def test_persistent_path_at_the_benchmark_sizes(cp, cell, B, H):
+    """A full-size persistent plan (about one block per SM, >48 KiB of shared
+    memory at H=1024): one launch per direction, the same results as the step path."""
+    from rnnkern.backends.cuda import cupy_launcher
+
+    launcher = cupy_launcher()
+    plan = planner.plan_direction(cell, "float32", B, H, projected=False,
+                                  limits=launcher.device_limits(), choice="auto")
+    if plan.path != "persistent":
+        pytest.skip(f"this GPU takes the step path here: {plan.describe()}")
+    layer = make_layer(cell, 64, H, 1, dtype="float32", seed=3)
+    layer.to("cuda")
+    rng = np.random.default_rng(3)
+    x = cp.asarray(rng.standard_normal((20, B, 64)).astype(np.float32))
+    dy = cp.asarray(rng.standard_normal((20, B, H)).astype(np.float32))
+    results = {}
+    for path in ("persistent", "step"):
+        with planner.use_path(path):
+            launcher.counts.clear()
+            results[path] = run_layer(layer, x, None, None, dy, None)
+            counts = dict(launcher.counts)
+        if path == "persistent":
+            assert counts["kernels"] == 2, counts          # forward + backward
+    assert_results_close(results["persistent"], results["step"], "float32", "the step path")

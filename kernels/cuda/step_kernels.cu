@@ -40,26 +40,7 @@
 // per-time-step pointers (gx_t, saved_t, ...) are already offset to step t.
 // Argument order: outputs, then inputs, then sizes.
 #include "cell.cuh"
-
-// N arrays of one step in one kernel parameter, passed by value: at[k] is
-// array k (C-contiguous, all distinct).  The host passes the N device
-// addresses as the bytes of the struct (CuPy: a size-1 NumPy array of N
-// uintp; the host emulation: a ctypes array of N pointers).
-template <typename T, int N>
-struct StepArrays {
-    using pointer = T*;                  // the host shim reads these two
-    static constexpr int count = N;
-    T* at[N];
-};
-
-// A read-only load through the non-coherent (texture) cache: what the
-// compiler does by itself for the const __restrict__ pointer parameters, done
-// explicitly for the const members of a StepArrays group, which no pointer
-// of the kernel writes (all arrays are distinct).
-template <typename T>
-__device__ __forceinline__ T read_only(const T* p) {
-    return __ldg(p);
-}
+#include "step_arrays.cuh"
 
 // Calls body(e, b, j) for each element e = b * H + j of the (B, H) state
 // that this thread owns: a grid-stride loop, so any grid covers them all.

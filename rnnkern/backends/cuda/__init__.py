@@ -1,19 +1,24 @@
-"""CUDA backend (CuPy arrays): cuBLAS GEMMs and the fused step kernels of ``kernels/cuda/``.
+"""CUDA backend (CuPy arrays): cuBLAS GEMMs and our kernels of ``kernels/cuda/``.
 
 Per layer-direction (contract in ``rnnkern.backends``; details in ``driver``)::
 
     forward   gx = x @ W_ih^T + b_ih              one GEMM over all T*B rows
-              per step: gh = h @ W_hh^T (GEMM) + rnn_forward_step<T, Cell, I> (one kernel)
-    backward  per step: rnn_backward_step<T, Cell, I> (one kernel) + dgh @ W_hh (GEMM)
+              persistent: rnn_persistent_forward  ONE cooperative launch, all steps
+              step: per step gh = h @ W_hh^T (GEMM) + rnn_forward_step (one kernel)
+    backward  persistent: rnn_persistent_backward ONE cooperative launch, all steps
+              step: per step rnn_backward_step (one kernel) + dgh @ W_hh (GEMM)
               weight_gradients                     dW_ih, dW_hh, db, dx: GEMMs over all T*B rows
 
 Modules::
 
     driver      the orchestration above, written against a launcher
+    launchers   the launcher interface and the host-call counts
+    planner     which path a direction takes, the persistent launch, forcing a path
     modules     the sources, their instantiations (from the cell registry),
                 the compile options, get_kernel, the launch checks
     emulation   the same orchestration and sources on NumPy arrays, compiled
-                for the host by g++ (tests without a GPU)
+                for the host by g++, cooperative kernels included (tests
+                without a GPU)
 
 CuPy is imported only when a launcher is first needed, i.e. when CuPy arrays
 arrive; importing this package does not import CuPy.
@@ -21,13 +26,16 @@ arrive; importing this package does not import CuPy.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
 
 from ...dispatch import namespace_of
 from .driver import backward_direction_with, forward_direction_with
+from .launchers import Launcher
 from .modules import get_kernel
+from .planner import DeviceLimits
 
 __all__ = ["forward_direction", "backward_direction", "CupyLauncher", "cupy_launcher"]
 
@@ -38,7 +46,7 @@ def _pointer_group_dtype(count):
     return np.dtype([("at", np.uintp, (count,))])
 
 
-class CupyLauncher:
+class CupyLauncher(Launcher):
     """Launches the RawModule kernels on CuPy arrays (current device and stream).
 
     A tuple of arrays becomes one by-value ``StepArrays`` parameter: a
@@ -50,11 +58,43 @@ class CupyLauncher:
     def __init__(self):
         import cupy
 
-        self.xp = cupy
+        super().__init__(cupy)
 
-    def launch(self, name, grid, block, args):
-        get_kernel(name)(grid, block, tuple(_by_value(a) if isinstance(a, tuple) else a
-                                            for a in args))
+    def device_limits(self):
+        return _device_limits(self.xp.cuda.Device().id)
+
+    def capture(self, enqueue):
+        """A CUDA graph of what ``enqueue()`` launches, captured on a side stream."""
+        recorded = super().capture(enqueue)
+        stream = self.xp.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            try:
+                for call in recorded.calls:
+                    call()
+            finally:
+                cuda_graph = stream.end_capture()
+        return dataclasses.replace(
+            recorded, run=lambda: cuda_graph.launch(self.xp.cuda.get_current_stream()))
+
+    def _launch(self, name, grid, block, args, shared_bytes, cooperative):
+        kernel = get_kernel(name)
+        if shared_bytes > 48 * 1024:      # above the default, the kernel must opt in
+            kernel.max_dynamic_shared_size_bytes = shared_bytes
+        kernel(grid, block, tuple(_by_value(a) if isinstance(a, tuple) else a for a in args),
+               shared_mem=shared_bytes)
+
+
+@functools.cache
+def _device_limits(device_id):
+    """The planner's view of CUDA device ``device_id`` (CuPy's device attributes)."""
+    import cupy
+
+    attributes = cupy.cuda.Device(device_id).attributes
+    name = cupy.cuda.runtime.getDeviceProperties(device_id)["name"]
+    return DeviceLimits(name=name.decode() if isinstance(name, bytes) else str(name),
+                        multiprocessors=attributes["MultiProcessorCount"],
+                        shared_bytes_per_block=attributes["MaxSharedMemoryPerBlockOptin"])
 
 
 def _by_value(group):

@@ -4,8 +4,10 @@ One place for everything that decides which code a kernel name refers to:
 
 - ``KERNEL_SOURCES``: every ``.cu`` file with the ONE list of template
   instantiations (NVRTC name expressions) asked of it, derived from the cell
-  registry: every cell x forward/backward x float/double x 32/64-bit index
-  math (``index_type`` picks the latter per launch).  CuPy's
+  registry: the step kernels for every cell x forward/backward x
+  float/double x 32/64-bit index math (``index_type`` picks the latter per
+  launch), the persistent kernels for every cell x forward/backward x
+  float/double (``COOPERATIVE_SOURCES``: launched cooperatively).  CuPy's
   ``RawModule``, the NVRTC compile check (tests/test_cuda_compile.py) and the
   host emulation (``rnnkern.backends.cuda.emulation``) all read this list.
 - ``module_code(source)``: the code they compile: every cell header of
@@ -36,7 +38,7 @@ import numpy as np
 
 from ...cells import CELLS
 
-__all__ = ["KERNEL_SOURCES", "STEPS", "SCALAR_TYPES", "INDEX_TYPES", "INT32_LIMIT",
+__all__ = ["KERNEL_SOURCES", "COOPERATIVE_SOURCES", "persistent_kernel_name", "STEPS", "SCALAR_TYPES", "INDEX_TYPES", "INT32_LIMIT",
            "CudaKernelError", "kernel_name", "index_type", "kernels_dir", "cell_headers",
            "compile_options", "inline_file", "module_code", "source_of",
            "get_kernel", "clear_kernel_cache", "THREADS_PER_BLOCK", "elementwise_launch",
@@ -47,6 +49,7 @@ SCALAR_TYPES = {"float32": "float", "float64": "double"}
 #: The step kernels of kernels/cuda/step_kernels.cu: ``rnn_<step>_step<T, Cell>``.
 STEPS = ("forward", "backward")
 _STEP_SOURCE = "step_kernels.cu"
+_PERSISTENT_SOURCE = "persistent_kernels.cu"
 _CELLS_FOLDER = "cells"
 
 
@@ -76,6 +79,13 @@ def kernel_name(cell, step: str, dtype, index: str = "int") -> str:
             f"{index}>")
 
 
+def persistent_kernel_name(cell, step: str, dtype) -> str:
+    """Name expression of a cell's persistent kernel, e.g. ``"rnn_persistent_forward<float, GruCell>"``."""
+    if step not in STEPS:
+        raise CudaKernelError(f"step: expected one of {STEPS}, got {step!r}")
+    return f"rnn_persistent_{step}<{SCALAR_TYPES[str(np.dtype(dtype))]}, {cell.kernels['cuda']}>"
+
+
 def index_type(cell, batch: int, hidden: int, threads: int) -> str:
     r"""The index type of the step kernels for a (B, H) state and a launch of ``threads``.
 
@@ -100,7 +110,14 @@ KERNEL_SOURCES = {
                         for step in STEPS
                         for dtype in SCALAR_TYPES
                         for index in INDEX_TYPES),
+    _PERSISTENT_SOURCE: tuple(persistent_kernel_name(cell, step, dtype)
+                              for cell in CELLS.values()
+                              for step in STEPS
+                              for dtype in SCALAR_TYPES),
 }
+#: The sources whose kernels synchronise the whole grid: built with cooperative
+#: groups and launched cooperatively (every block resident at once).
+COOPERATIVE_SOURCES = frozenset({_PERSISTENT_SOURCE})
 
 # -std=c++17 for the templates (fold expressions); CuPy (and our compile
 # check) add the architecture.  No fast-math: the kernels must match torch.
@@ -205,7 +222,8 @@ def _raw_module(source: str, device_id: int):
     import cupy   # only called once a CuPy array has arrived
 
     return cupy.RawModule(code=module_code(source), options=compile_options(),
-                          name_expressions=KERNEL_SOURCES[source])
+                          name_expressions=KERNEL_SOURCES[source],
+                          enable_cooperative_groups=source in COOPERATIVE_SOURCES)
 
 
 @functools.cache
