@@ -63,11 +63,14 @@ def test_gate_fails_on_an_extra_launch_per_step(monkeypatch, capsys):
 
     class LaunchingTwice:
         def __init__(self, launcher):
-            self.launcher, self.xp = launcher, launcher.xp
+            self.launcher = launcher
 
-        def launch(self, *args):
-            self.launcher.launch(*args)
-            self.launcher.launch(*args)
+        def __getattr__(self, name):
+            return getattr(self.launcher, name)
+
+        def launch(self, *args, **kwargs):
+            self.launcher.launch(*args, **kwargs)
+            self.launcher.launch(*args, **kwargs)
 
     monkeypatch.setattr(cuda_driver, "forward_direction_with",
                         lambda launcher, *args, **kwargs: original(LaunchingTwice(launcher),
@@ -77,8 +80,8 @@ def test_gate_fails_on_an_extra_launch_per_step(monkeypatch, capsys):
     assert status == 1, err
     T = metrics.METRIC_SHAPE.T
     baseline = gate.read_baseline(gate.BASELINE)["metrics"]
-    for name in (f"{CELL}/cuda-emulated/kernel_launches_forward",
-                 f"{CELL}/cuda-emulated/kernel_launches_forward_backward"):
+    for name in (f"{CELL}/cuda-step-emulated/kernel_launches_forward",
+                 f"{CELL}/cuda-step-emulated/kernel_launches_forward_backward"):
         assert f"{name}: rose" in err
         assert f"(baseline {baseline[name]}, now {baseline[name] + T})" in err
     assert "numba" not in err
@@ -121,11 +124,21 @@ def test_the_counting_run_computes_what_the_compiled_run_does(cell):
 def test_numba_and_emulated_cuda_do_the_same_gemm_work():
     for cell in CELLS:
         numba = metrics.measure(cell, "numba")
-        cuda = metrics.measure(cell, "cuda-emulated")
+        cuda = metrics.measure(cell, "cuda-step-emulated")
         for name in ("blas_calls_forward", "blas_flops_forward", "blas_calls_forward_backward",
                      "blas_flops_forward_backward"):
             assert numba[name] == cuda[name], (cell, name)
         assert cuda["kernel_launches_forward"] == metrics.METRIC_SHAPE.T
+
+
+def test_the_persistent_path_launches_once_per_direction():
+    for cell in CELLS:
+        persistent = metrics.measure(cell, "cuda-persistent-emulated")
+        assert persistent["kernel_launches_inference"] == 1
+        assert persistent["kernel_launches_forward"] == 1
+        assert persistent["kernel_launches_forward_backward"] == 2
+        assert persistent["blas_calls_forward"] == 1          # the input projection
+        assert persistent["blas_calls_forward_backward"] == 4   # + dW_ih, dW_hh, dx
 
 
 def test_ratio_interval_flags_a_shift_and_not_noise():

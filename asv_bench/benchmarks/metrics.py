@@ -8,9 +8,11 @@ their asv history shows a step exactly at the commit that changed them.
 
 - :class:`NumbaMetrics`: NumPy arrays on the Numba backend: traced peak and
   kept bytes, BLAS calls and FLOPs per pass.
-- :class:`EmulatedCudaMetrics`: the CUDA backend's orchestration run by the
-  host emulation (no GPU needed): kernel launches, cuBLAS-side GEMM calls and
-  FLOPs per pass.
+- :class:`EmulatedCudaStepMetrics`, :class:`EmulatedCudaPersistentMetrics`:
+  the CUDA backend's orchestration run by the host emulation (no GPU
+  needed), on its step path and on its persistent path: kernel launches,
+  cuBLAS-side GEMM calls and FLOPs per pass (host calls per sequence: O(T)
+  and O(1)).
 
 Parameter: ``cell``, every cell of the registry; shape and dtype are fixed
 (``METRIC_SHAPE``, ``METRIC_DTYPE``), so the history of a figure is one line.
@@ -50,17 +52,30 @@ class NumbaMetrics:
         _measured(cell, "numba")
 
 
-class EmulatedCudaMetrics:
-    """Kernel launches, GEMM calls and FLOPs of the CUDA path, in the host emulation."""
+class EmulatedCudaStepMetrics:
+    """Kernel launches, GEMM calls and FLOPs of the CUDA step path, in the host emulation."""
 
     params = [list(CELLS)]
     param_names = ["cell"]
     timeout = 300
 
     def setup(self, cell):
-        _measured(cell, "cuda-emulated")
+        _measured(cell, "cuda-step-emulated")
 
 
-for _class, _backend in ((NumbaMetrics, "numba"), (EmulatedCudaMetrics, "cuda-emulated")):
+class EmulatedCudaPersistentMetrics:
+    """Kernel launches, GEMM calls and FLOPs of the CUDA persistent path, in the host emulation."""
+
+    params = [list(CELLS)]
+    param_names = ["cell"]
+    timeout = 300
+
+    def setup(self, cell):
+        _measured(cell, "cuda-persistent-emulated")
+
+
+for _class, _backend in ((NumbaMetrics, "numba"),
+                         (EmulatedCudaStepMetrics, "cuda-step-emulated"),
+                         (EmulatedCudaPersistentMetrics, "cuda-persistent-emulated")):
     for _metric in metrics.METRICS[_backend]:
         setattr(_class, f"track_{_metric}", _track(_backend, _metric))

@@ -56,6 +56,7 @@ from pathlib import Path
 
 from ..cells import cell_for
 from ..devices import DEVICES
+from ..backends.cuda.planner import PATHS
 from .shapes import CELLS, FIRST_CALL_SHAPE, parse_shape, shapes_for
 from .workers import WorkerError, first_call_seconds, run_in_fresh_process
 
@@ -142,6 +143,10 @@ def _parse_arguments(argv):
     parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="cpu: NumPy arrays vs torch CPU; cuda: CuPy arrays vs cuDNN "
                              "(TF32 off). Default: cpu")
+    parser.add_argument("--cuda-path", choices=PATHS, default="auto",
+                        help="--device cuda: the path of rnnkern's layers, persistent kernels "
+                             "or per-step launches; auto lets the planner choose "
+                             "(rnnkern.backends.cuda.planner). Default: auto")
     parser.add_argument("--cell", nargs="+", choices=CELLS, metavar="CELL",
                         help=f"cells among {', '.join(CELLS)}. Default: {' '.join(DEFAULT_CELLS)}")
     parser.add_argument("--shape", nargs="+", type=_shape_argument, metavar="T,B,I,H",
@@ -317,7 +322,8 @@ def _run_rounds(args, cases, gemms, threads):
                 request = {"task": "gemm", "gemms": gemms}
             else:
                 request = {"task": "time", "library": kind, "cases": case_list,
-                           "threads": threads, "seed": args.seed}
+                           "threads": threads, "seed": args.seed,
+                           "cuda_path": args.cuda_path}
             request.update(device=args.device, dtype=args.dtype, repeats=args.repeats)
             started = time.perf_counter()
             try:
@@ -348,6 +354,8 @@ def _run_rounds(args, cases, gemms, threads):
                 for name in ("warmup_seconds", "other_cpu_share"):
                     timings.setdefault((kind, case["cell"], shape, name), []).append(case[name])
                 timings[("checksums", kind, case["cell"], shape)] = case["checksums"]
+                if case.get("cuda_paths"):
+                    timings[("cuda_paths", case["cell"], shape)] = case["cuda_paths"]
     return timings, notes, failures
 
 
@@ -504,6 +512,7 @@ def _report(args, threads, device_info, cases, timings, notes, first_calls):
             })
     return {
         "settings": {"device": args.device, "dtype": args.dtype, "threads": threads,
+                     "cuda_path": args.cuda_path,
                      "repeats": args.repeats, "rounds": args.rounds, "seed": args.seed,
                      "max_interference": args.max_interference, "retries": args.retries},
         "other_cpu_share_worst": {kind: _worst([share for key, shares in timings.items()
@@ -516,6 +525,9 @@ def _report(args, threads, device_info, cases, timings, notes, first_calls):
         "rows": rows,
         "first_call_seconds": first_calls,
         "first_call_shape": _shape_list(FIRST_CALL_SHAPE),
+        "cuda_paths": {f"{cell} {','.join(map(str, _shape_list(shape)))}":
+                       timings.get(("cuda_paths", cell, tuple(_shape_list(shape))), [])
+                       for cell, shape in cases} if args.device == "cuda" else {},
     }
 
 
@@ -575,6 +587,10 @@ def _format_report(report):
     lines.append("floor: the GEMMs of the pass alone, on "
                  + ("cuBLAS (CuPy)" if settings["device"] == "cuda" else "NumPy's BLAS")
                  + ", timed in this run; GFLOP/s of each GEMM (x T: once per step):")
+    for case, paths in report.get("cuda_paths", {}).items():
+        for path in paths or ["(no plan recorded)"]:
+            lines.append(f"rnnkern CUDA path (--cuda-path {settings['cuda_path']}), {case}: "
+                         f"{path}")
     lines.append("")
     lines.extend(_floor_table(report["rows"]))
     lines.extend(_interference_lines(report))

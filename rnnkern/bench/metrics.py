@@ -39,17 +39,22 @@ Backends
       ``tests/test_regression_gate.py`` checks that this counting run gives
       the compiled run's results.
 
-``cuda-emulated``
+``cuda-step-emulated``, ``cuda-persistent-emulated``
     The CUDA backend's orchestration (``rnnkern.backends.cuda.driver``) on
     NumPy arrays, its kernels run by the host emulation
     (``rnnkern.backends.cuda.emulation.EmulatedLauncher``), so these run on
-    machines without a GPU.
+    machines without a GPU; the step path and the persistent path forced
+    (``rnnkern.backends.cuda.planner.use_path``).  The host calls a sequence
+    costs are the GPU path's speed metric at small batch: O(1) on both paths
+    (the step path replays a captured graph of its T steps; O(T) only with
+    ``proj_size``, not measured here).
 
-    - ``kernel_launches_<pass>``: calls of the launcher's ``launch``, i.e.
-      host launches of the fused step kernels (per sequence, all T steps);
-    - ``blas_calls_<pass>``, ``blas_flops_<pass>``: calls of ``xp.matmul``
-      (cuBLAS on a GPU), the per-step ones included, counted by wrapping the
-      launcher's array namespace.
+    - ``host_calls_<pass>``: what the host calls per sequence: kernel
+      launches, GEMMs and graph replays (``Launcher.counts``);
+    - ``kernel_launches_<pass>``: the kernels the device runs per sequence
+      (all T steps), launched by the host or replayed in a graph;
+    - ``blas_calls_<pass>``, ``blas_flops_<pass>``: the GEMMs the device runs
+      (cuBLAS on a GPU), the per-step ones included, and their FLOPs.
 
     Host memory of the emulation (guard zones, NaN-filled buffers) says
     nothing about a GPU's, so none is recorded here.
@@ -80,7 +85,7 @@ __all__ = ["METRIC_SHAPE", "METRIC_DTYPE", "BACKENDS", "METRICS", "metric_names"
 #: make them come and go from call to call) move the figures by < 1 KiB.
 METRIC_SHAPE = BenchShape(T=16, B=8, I=32, H=64)
 METRIC_DTYPE = "float32"
-BACKENDS = ("numba", "cuda-emulated")
+BACKENDS = ("numba", "cuda-step-emulated", "cuda-persistent-emulated")
 PASSES = ("inference", "forward", "forward_backward")
 
 #: The metrics of each backend, in report order.
@@ -89,15 +94,17 @@ METRICS = {
               "peak_bytes_forward_backward",
               "blas_calls_inference", "blas_calls_forward", "blas_calls_forward_backward",
               "blas_flops_inference", "blas_flops_forward", "blas_flops_forward_backward"),
-    "cuda-emulated": ("kernel_launches_inference", "kernel_launches_forward",
-                      "kernel_launches_forward_backward",
-                      "blas_calls_inference", "blas_calls_forward", "blas_calls_forward_backward",
-                      "blas_flops_inference", "blas_flops_forward",
-                      "blas_flops_forward_backward"),
 }
+_CUDA_METRICS = ("host_calls_inference", "host_calls_forward", "host_calls_forward_backward",
+                 "kernel_launches_inference", "kernel_launches_forward",
+                 "kernel_launches_forward_backward",
+                 "blas_calls_inference", "blas_calls_forward", "blas_calls_forward_backward",
+                 "blas_flops_inference", "blas_flops_forward", "blas_flops_forward_backward")
+METRICS["cuda-step-emulated"] = METRICS["cuda-persistent-emulated"] = _CUDA_METRICS
 
 #: What each metric counts, for messages and asv's ``unit``.
 UNITS = {"peak_bytes": "bytes", "kept_bytes": "bytes", "blas_calls": "calls",
+         "host_calls": "calls",
          "blas_flops": "flops", "kernel_launches": "launches"}
 
 
@@ -264,41 +271,9 @@ def _numba_metrics(cell, shape, dtype):
 
 # ---------------------------------------------------------------------- cuda
 
-class _CountingNamespace:
-    """An array namespace that counts ``matmul`` calls, everything else passed through."""
-
-    def __init__(self, xp, counter):
-        self._xp = xp
-        self.matmul = counter.wrap(xp.matmul, lambda a, b, **_: (a, b))
-        self.__name__ = getattr(xp, "__name__", "numpy")
-
-    def __getattr__(self, attribute):
-        return getattr(self._xp, attribute)
-
-
-class CountingLauncher:
-    """Wraps a launcher of the CUDA orchestration: counts launches and GEMMs.
-
-    Parameters
-    ----------
-    launcher : object
-        With ``xp`` and ``launch(name, grid, block, args)``
-        (``EmulatedLauncher``, or ``CupyLauncher`` on a GPU).
-    """
-
-    def __init__(self, launcher):
-        self.launcher = launcher
-        self.blas = GemmCounter()
-        self.launches = 0
-        self.xp = _CountingNamespace(launcher.xp, self.blas)
-
-    def launch(self, name, grid, block, args):
-        self.launches += 1
-        self.launcher.launch(name, grid, block, args)
-
-
 def counting_backend(launcher):
-    """A backend (``forward_direction``, ``backward_direction``) on a :class:`CountingLauncher`."""
+    """A backend (``forward_direction``, ``backward_direction``) on ``launcher``,
+    whose ``counts`` then count the host calls of every direction run."""
     import functools
 
     from ..backends.cuda.driver import backward_direction_with, forward_direction_with
@@ -322,27 +297,31 @@ def emulated_cuda_layers(backend):
         yield
 
 
-def _emulated_cuda_metrics(cell, shape, dtype):
+def _emulated_cuda_metrics(cell, shape, dtype, path):
     from ..backends.cuda.emulation import EmulatedLauncher
+    from ..backends.cuda.planner import use_path
 
-    launcher = CountingLauncher(EmulatedLauncher())
-    backend = counting_backend(launcher)
+    launcher = EmulatedLauncher()
     layer = make_layer(cell, shape, dtype, "cpu", seed=0)
     x, dy = _seeded_input(shape, dtype)
     out = {}
-    with emulated_cuda_layers(backend):
+    with emulated_cuda_layers(counting_backend(launcher)), use_path(path):
         _run_pass(layer, x, dy, "forward_backward")      # builds / loads the host library
         for name in PASSES:
-            launcher.launches = 0
-            launcher.blas.calls = launcher.blas.flops = 0
+            launcher.counts.clear()
             _run_pass(layer, x, dy, name)
-            out[f"kernel_launches_{name}"] = launcher.launches
-            out[f"blas_calls_{name}"] = launcher.blas.calls
-            out[f"blas_flops_{name}"] = launcher.blas.flops
+            counts = launcher.counts
+            out[f"host_calls_{name}"] = counts["kernels"] + counts["gemms"] + counts["graphs"]
+            out[f"kernel_launches_{name}"] = counts["kernels"] + counts["graph_kernels"]
+            out[f"blas_calls_{name}"] = counts["gemms"] + counts["graph_gemms"]
+            out[f"blas_flops_{name}"] = counts["gemm_flops"]
     return out
 
 
-_MEASURES = {"numba": _numba_metrics, "cuda-emulated": _emulated_cuda_metrics}
+_MEASURES = {"numba": _numba_metrics,
+             "cuda-step-emulated": lambda *args: _emulated_cuda_metrics(*args, "step"),
+             "cuda-persistent-emulated": lambda *args: _emulated_cuda_metrics(*args,
+                                                                              "persistent")}
 
 
 def measure(cell, backend, shape=METRIC_SHAPE, dtype=METRIC_DTYPE):
@@ -353,7 +332,7 @@ def measure(cell, backend, shape=METRIC_SHAPE, dtype=METRIC_DTYPE):
     cell : str
         A registry name (:data:`rnnkern.cells.CELLS`).
     backend : str
-        ``"numba"`` or ``"cuda-emulated"``.
+        One of :data:`BACKENDS`.
     shape : BenchShape, optional
     dtype : str, optional
 

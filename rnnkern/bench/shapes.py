@@ -59,9 +59,11 @@ CPU_SHAPES = (
     BenchShape(T=100, B=64, I=256, H=512),
 )
 
-#: Issue 4: the CUDA path against cuDNN.
+#: The CUDA path against cuDNN: the persistent kernels' shapes (B <= 8, H
+#: from 256 to 1024), the step path's (B = 64, the last one its target).
 GPU_SHAPES = (
     BenchShape(T=100, B=1, I=128, H=256),
+    BenchShape(T=100, B=8, I=1024, H=1024),
     BenchShape(T=100, B=64, I=256, H=512),
     BenchShape(T=100, B=64, I=1024, H=1024),
 )

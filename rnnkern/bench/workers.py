@@ -9,10 +9,12 @@ another's timed calls.  Requests::
 
     {"task": "time", "library": "rnnkern" | "torch" | "reference",
      "device": "cpu" | "cuda", "dtype": ..., "threads": N, "repeats": N,
-     "seed": N, "cases": [{"cell": "lstm", "shape": [T, B, I, H]}, ...]}
+     "seed": N, "cuda_path": "auto" | "persistent" | "step",
+     "cases": [{"cell": "lstm", "shape": [T, B, I, H]}, ...]}
         -> {"info": {...}, "cases": [{"cell", "shape", "warmup_seconds",
             "seconds": {"forward": [s, ...], "forward_backward": [s, ...], ...},
-            "other_cpu_share", "checksums": {...}}]}
+            "other_cpu_share", "checksums": {...},
+            "cuda_paths": ["<direction>: <plan>", ...]}]}    (rnnkern on cuda)
     {"task": "gemm", "device", "dtype", "repeats", "gemms": [[m, k, n, calls], ...]}
         -> {"info": {...}, "gemms": [{"m", "k", "n", "calls", "seconds": [...],
             "other_cpu_share"}]}
@@ -223,25 +225,31 @@ def _time_cases(request):
     reason = _library_unavailable_reason(library, device)
     if reason is not None:
         return {"unavailable": reason}
+    from ..backends.cuda import planner
+
     results = []
     for case in request["cases"]:
         shape = BenchShape(*case["shape"])
-        workload = _workload(library, case["cell"], shape, dtype, device,
-                             request["seed"], request["threads"])
-        warmup_seconds = _timed(workload.forward_backward)
-        seconds = {}
-        with OtherProcessesMeter() as others:
-            for name in workload.PASSES:
-                # Back-to-back calls of one pass, the first untimed, as timeit
-                # and asv time them.  Interleaving passes measured torch's
-                # forward at B=1 two to three times slower after each backward.
-                call = getattr(workload, name)
-                call()
-                seconds[name] = [_timed(call) for _ in range(request["repeats"])]
+        with planner.use_path(request.get("cuda_path", "auto")):
+            workload = _workload(library, case["cell"], shape, dtype, device,
+                                 request["seed"], request["threads"])
+            warmup_seconds = _timed(workload.forward_backward)
+            seconds = {}
+            with OtherProcessesMeter() as others:
+                for name in workload.PASSES:
+                    # Back-to-back calls of one pass, the first untimed, as timeit
+                    # and asv time them.  Interleaving passes measured torch's
+                    # forward at B=1 two to three times slower after each backward.
+                    call = getattr(workload, name)
+                    call()
+                    seconds[name] = [_timed(call) for _ in range(request["repeats"])]
+        direction = f"{case['cell']} {dtype} B={shape.B} H={shape.H}"
+        paths = [f"{taken}: {plan.describe()}" for taken, plan in planner.recent_plans().items()
+                 if taken.startswith(direction) and library == "rnnkern" and device == "cuda"]
         results.append({"cell": case["cell"], "shape": case["shape"],
                         "warmup_seconds": warmup_seconds, "seconds": seconds,
                         "other_cpu_share": others.share,
-                        "checksums": workload.checksums()})
+                        "checksums": workload.checksums(), "cuda_paths": paths})
         del workload
     return {"info": _library_info(library, device), "cases": results}
 
