@@ -21,6 +21,7 @@ def configuration() -> dict:
 
     from . import __version__
     from .backends.numba import blas
+    from .backends.numba import planner as cpu_planner
     from .cells import CELLS
     from .devices import cuda_device_count, cuda_unavailable_reason
 
@@ -36,6 +37,13 @@ def configuration() -> dict:
         "cpu_kernels_blas": f"{blas.blas_name()} (RNNKERN_BLAS={os.environ.get('RNNKERN_BLAS', 'numpy')}; "
                             f"choices {', '.join(blas.CHOICES)})",
         "thread_pools": pools,
+        "cpu_path": (f"{cpu_planner.path_choice()} (small-batch driver, W_hh split over 2 "
+                     f"cores, up to batch {cpu_planner.SMALL_BATCH_MAX_BATCH} where W_hh outgrows "
+                     f"one L2 and half of it fits one ({cpu_planner.usable_cores()} usable "
+                     f"core(s)), else the general driver; force with "
+                     f"rnnkern.backends.numba.planner.use_path or $RNNKERN_CPU_PATH)"),
+        "cpu_paths": {direction: plan.describe()
+                      for direction, plan in cpu_planner.recent_paths().items()},
         "cuda": (f"{cuda_device_count()} device(s)" if cuda_unavailable_reason() is None
                  else f"unavailable: {cuda_unavailable_reason()}"),
         "cells": {name: f"rk.{cell.layer}" + "".join(f" {k}={v!r}" for k, v in
@@ -58,6 +66,9 @@ def show_config(print_fn=print) -> dict:
         lines.append(f"{key:18}{info[key]}")
     for pool in info["thread_pools"]:
         lines.append(f"{'thread pool':18}{pool['library']}: {pool['threads']} threads ({pool['file']})")
+    lines.append(f"{'cpu_path':18}{info['cpu_path']}")
+    for direction, plan in info["cpu_paths"].items():
+        lines.append(f"{'cpu path':18}{direction}: {plan}")
     for name, where in info["cells"].items():
         lines.append(f"{'cell ' + name:18}{where}")
     print_fn("\n".join(lines))

@@ -136,3 +136,32 @@ class FirstCall:
 
     def track_first_call_cached(self, cell, backend, dtype):
         return first_call_seconds(cell, dtype, DEVICE_OF_BACKEND[backend], cached=True)
+
+
+class CpuPathTime:
+    """Inference and forward+backward on NumPy arrays at small batch with the CPU path
+    forced (``rnnkern.backends.numba.planner.use_path``): the small-batch driver (W_hh
+    split over the cores, resident in L2) beside the general one (a BLAS call per step)."""
+
+    params = [CELLS, DTYPES, SHAPES, ["small_batch", "general"]]
+    param_names = ["cell", "dtype", "shape", "path"]
+    timeout = 300
+
+    def setup(self, cell, dtype, shape, path):
+        from rnnkern.backends.numba import planner
+
+        skip_unless_runnable("numpy", shape)
+        if parse_shape(shape).B > planner.SMALL_BATCH_MAX_BATCH:
+            raise NotImplementedError(f"batch of {shape} is above the small-batch range")
+        self.forced = planner.use_path(path)
+        self.forced.__enter__()                 # left in teardown
+        self.workload = warm_workload(cell, "numpy", dtype, shape)
+
+    def teardown(self, cell, dtype, shape, path):
+        self.forced.__exit__(None, None, None)
+
+    def time_inference(self, cell, dtype, shape, path):
+        self.workload.forward_no_grad()
+
+    def time_forward_backward(self, cell, dtype, shape, path):
+        self.workload.forward_backward()

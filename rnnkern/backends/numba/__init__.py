@@ -15,20 +15,32 @@ a repeated ``layer(x)`` allocates little beyond ``y`` and the states; none of
 them escapes to the caller or to a tape.  W_hh^T and W_hr^T are still copied
 per call (into cached buffers for inference): see :func:`_transposed_copy`.
 
+Small batches (``planner``) run the forward through
+``small_batch.forward_worker`` instead of ``drivers.forward_sequence``: W_hh
+split by hidden units over one or two workers (the calling thread and one
+helper thread), each keeping its slice in its core's L2, the product and the
+rows fused per step, one spin barrier a step (:func:`_small_batch_forward`).
+It writes the same ``y``, states and tape as the general driver.
+
 The kernels live in ``rnnkern.kernels.numba``; ``blas`` picks the CBLAS their
 GEMMs call.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import functools
 import math
+import os
 import threading
 
 import numpy as np
 
-from rnnkern.kernels.numba import drivers, gemm
+from rnnkern.kernels.numba import atomics, drivers, gemm, small_batch
 
 from .. import int32_lengths, weight_gradients
+from . import planner
 from .blas import gemm_function
 
 __all__ = ["forward_direction", "backward_direction"]
@@ -104,31 +116,205 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     scratch = (lambda role, shape: np.empty(shape, dtype)) if keep else \
         (lambda role, shape: _workspace(role, shape, dtype))
     S = T if keep else 1                   # steps of the saved arrays (see the driver)
+    w_hr = params.get("weight_hr")
+    plan = planner.plan_direction(cell, dtype, B, H, projected=w_hr is not None)
     gx = scratch("gx", (T, B, GH))
-    gemm.gemm(gemm_function(dtype), _rows(x), np.asfortranarray(w_ih.T), gx.reshape(T * B, GH))
+    blas = gemm_function(dtype)                # loads the BLAS before _blas_pools looks
+    with _blas_threads_for(plan):
+        gemm.gemm(blas, _rows(x), np.asfortranarray(w_ih.T), gx.reshape(T * B, GH))
     gx += params["bias_ih"]
     lengths = int32_lengths(np, lengths, B, T)
     state = tuple(_own_copy(s, dtype) for s in state)
     y = np.empty((T, B, P), dtype)
     history = tuple(np.empty(((T if keep else 0),) + s.shape, dtype) for s in state)
     saved = tuple(scratch(f"saved{k}", (S, B, s.width * H)) for k, s in enumerate(cell.saved))
-    w_hr = params.get("weight_hr")
     if w_hr is None:
         projection = (_NONE_2D[dtype], state, y, _NONE_2D[dtype])
     else:                        # the rows write m_t = o tanh(c_t); the driver projects it
         m = np.zeros((B, H), dtype)
         projection = (_transposed_copy(w_hr, scratch, "w_hr_t"), (m,) + state[1:],
                       scratch("m", (S, B, H)), scratch("projected", (B, P)))
-    drivers.forward_sequence(
-        drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), gx,
-        _transposed_copy(w_hh, scratch, "w_hh_t"),
-        np.ascontiguousarray(params["bias_hh"]), lengths, reverse, keep, state, y, history,
-        saved, scratch("gh", (B, GH)), *projection)
+    if plan.path == "small_batch":
+        _small_batch_forward(cell, plan.workers, gx, w_hh, params["bias_hh"], lengths, reverse,
+                             keep, state, y, history, saved)
+    else:
+        drivers.forward_sequence(
+            drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), gx,
+            _transposed_copy(w_hh, scratch, "w_hh_t"),
+            np.ascontiguousarray(params["bias_hh"]), lengths, reverse, keep, state, y, history,
+            saved, scratch("gh", (B, GH)), *projection)
     if not keep:
         return y, state, None
     tape = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "lengths": lengths,
             "reverse": reverse, "history": history, "saved": saved, "m": projection[2]}
     return y, state, tape
+
+
+@functools.cache
+def _blas_pools():
+    """threadpoolctl's handle on the BLAS pools of this process (found once)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+def _blas_threads_for(plan):
+    """Where two small-batch workers follow, the input projection's GEMM runs on one thread.
+
+    A multi-threaded BLAS call leaves its pool's threads spinning for a
+    while after it returns (OpenBLAS: ~2^28 cycles; Intel OpenMP: 200 ms);
+    spinning on the second core, they made the two workers' lockstep steps
+    3-10x slower.  One thread for the GEMM (T*B rows, a few MFLOP at small
+    batch) costs less than that.  (Process-wide for the GEMM's duration:
+    threadpoolctl sets the pools' thread counts, ~6 us for the pair.)
+    """
+    if plan.path == "small_batch" and plan.workers > 1:
+        return _blas_pools().limit(limits=1)
+    return contextlib.nullcontext()
+
+
+class _Helper:
+    """The small-batch path's second worker: one thread, started on first use (per process).
+
+    ``pair`` is held while a two-worker call runs: a call that finds it
+    taken (another user thread is running one) runs with one worker rather
+    than queue behind it with its first worker spinning.
+    """
+
+    def __init__(self):
+        self.pair = threading.Lock()
+        self._lock = threading.Lock()
+        self._pid, self._executor = None, None
+
+    def executor(self):
+        with self._lock:
+            if self._pid != os.getpid():            # none yet, or inherited through fork
+                self._pid = os.getpid()
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="rnnkern-small-batch")
+            return self._executor
+
+
+_HELPER = _Helper()
+_SCHED_YIELD = atomics.sched_yield_address()
+
+
+def _small_batch_forward(cell, workers, gx, w_hh, b_hh, lengths, reverse, keep, state, y,
+                         history, saved):
+    """Run ``small_batch.forward_worker`` on ``workers`` threads (this one and the helper).
+
+    Writes ``y``, ``state`` (final) and, with ``keep``, ``history`` and
+    ``saved``, as ``drivers.forward_sequence`` does.  Everything the workers
+    take is checked and allocated before either starts, and no Python runs
+    between their barriers; a worker that fails aborts the barrier, so the
+    other returns instead of spinning, and the failure is raised here.
+    """
+    if workers > 1 and not _HELPER.pair.acquire(blocking=False):
+        workers = 1
+    elif workers > 1:
+        try:
+            executor = _HELPER.executor()
+        except BaseException:
+            _HELPER.pair.release()
+            raise
+    try:
+        barrier = _workspace("small_batch_barrier", (atomics.BARRIER_SIZE,), np.int64)
+        barrier[:] = 0                          # this thread's last call is over: reusable
+        arguments = _worker_arguments(cell, workers, barrier, gx, w_hh, b_hh, lengths, reverse,
+                                      keep, state, y, history, saved)
+        if workers == 1:
+            if not small_batch.forward_worker(*arguments[0]):
+                raise RuntimeError("small-batch forward: the worker was aborted")
+            return
+        second = executor.submit(_guarded_worker, arguments[1], barrier)
+        try:
+            finished = small_batch.forward_worker(*arguments[0])
+        except BaseException:
+            barrier[atomics.ABORT] = 1          # the helper stops waiting for this worker
+            concurrent.futures.wait([second])
+            raise
+        if not (second.result() and finished):  # the helper's exception, if it raised
+            raise RuntimeError("small-batch forward: a worker was aborted")
+        planner.report_waits(gx.shape[0], int(barrier[atomics.SLOW]))
+    finally:
+        if workers > 1:
+            _HELPER.pair.release()
+
+
+def _guarded_worker(arguments, barrier):
+    try:
+        return small_batch.forward_worker(*arguments)
+    except BaseException:
+        barrier[atomics.ABORT] = 1              # the other worker stops waiting for this one
+        raise
+
+
+def _worker_arguments(cell, workers, barrier, gx, w_hh, b_hh, lengths, reverse, keep, state, y,
+                      history, saved):
+    """The argument tuple of each worker: the shared arrays, then the worker's own scratch."""
+    B, H = state[0].shape
+    dtype = gx.dtype
+    h_steps = _workspace("small_batch_h", (2, B, H), dtype)
+    h_steps[0] = state[0]
+    shared = (drivers.CellRows(cell.kernels["numba"]), gx, np.ascontiguousarray(w_hh),
+              np.ascontiguousarray(b_hh), lengths, reverse, keep, state, y, history, saved,
+              h_steps, barrier, _SCHED_YIELD)
+    return [(shared[0], worker, workers) + shared[1:] + own
+            for worker, own in enumerate(_worker_scratch(cell, workers, B, H, dtype))]
+
+
+def _worker_scratch(cell, workers, B, H, dtype):
+    """Each worker's scratch arrays (see ``small_batch.forward_worker``), kept per thread
+    by their sizes: a repeated call makes no new arrays."""
+    key = (cell.name, workers, B, H, np.dtype(dtype))
+    cache = _WORKSPACES.__dict__.setdefault("small_batch_scratch", {})
+    scratch = cache.get(key)
+    if scratch is not None and all(_is_current(own, worker) for worker, own in enumerate(scratch)):
+        return scratch
+    G = cell.num_gates
+    scratch = []
+    for worker in range(workers):
+        j0, j1 = worker * H // workers, (worker + 1) * H // workers    # small_batch.unit_range
+        U = j1 - j0
+        shapes = [(G * U, H), (G * U,), (1, B, G * U), (B, G * U)] + \
+            [(B, U)] * cell.num_states + [(1, B, U)] + [(1, B, s.width * U) for s in cell.saved]
+        w, b, gx_step, gh, *rest = _cache_line_arrays(f"small_batch_{worker}", shapes, dtype)
+        scratch.append((w, b, gx_step, gh, tuple(rest[:cell.num_states]),
+                        rest[cell.num_states], tuple(rest[cell.num_states + 1:])))
+    cache.clear()                              # one size at a time: the buffers are shared
+    cache[key] = scratch
+    return scratch
+
+
+def _is_current(own, worker):
+    """Whether ``own``'s arrays still view this thread's buffer of ``worker`` (not one
+    replaced since by a larger call)."""
+    buffer = _WORKSPACES.buffers.get((f"small_batch_{worker}", own[0].dtype))
+    return buffer is not None and own[0].base is buffer
+
+
+_CACHE_LINE = 128        # bytes; two 64-byte lines (the adjacent-line prefetcher pairs them)
+
+
+def _cache_line_arrays(role, shapes, dtype):
+    """C-contiguous arrays of ``shapes`` from one workspace buffer, each starting on its own
+    cache line and none sharing a line with another buffer.
+
+    A worker's scratch must not share cache lines with the other worker's:
+    small arrays from separate ``np.empty`` calls sit side by side in the
+    heap, and two workers writing them every step (false sharing) made a
+    two-worker step 15x slower than a one-worker step.
+    """
+    dtype = np.dtype(dtype)
+    line = _CACHE_LINE // dtype.itemsize
+    sizes = [-(-math.prod(shape) // line) * line for shape in shapes]
+    buffer = _workspace(role, (sum(sizes) + 3 * line,), dtype)
+    offset = line + (-(buffer.ctypes.data // dtype.itemsize)) % line
+    arrays = []
+    for shape, size in zip(shapes, sizes):
+        arrays.append(buffer[offset:offset + math.prod(shape)].reshape(shape))
+        offset += size
+    return arrays
 
 
 def backward_direction(cell, dy, dstate_n, tape):

@@ -1,0 +1,209 @@
+"""Which driver a layer-direction's forward takes on the CPU, and with how many workers.
+
+Two drivers run a layer-direction forward on NumPy arrays
+(``rnnkern.kernels.numba``):
+
+- **general** (``drivers.forward_sequence``): per step one CBLAS product
+  ``h @ W_hh^T`` (GEMV at batch 1) and the cell's fused rows.  Best where a
+  step's product is a real GEMM (larger batches).
+- **small_batch** (``small_batch.forward_worker``): W_hh split by hidden
+  units over ``workers`` OS threads (1 or 2), each worker's slice packed
+  once per call and resident in its core's L2; product and rows fused per
+  step; one spin barrier a step.  Best at small batch, where the general
+  driver's per-step GEMV streams W_hh from L3 through one core.
+
+``plan_direction`` picks one from the batch, the shapes, the dtype and the
+cores this process may use.  ``auto`` takes small_batch, with two workers,
+where all of these hold: at most ``SMALL_BATCH_MAX_BATCH`` rows; no
+projection (``proj_size`` needs all of ``m_t`` between steps); W_hh larger
+than one core's L2 share (``ONE_CORE_WEIGHT_BYTES``) and half of it within
+a worker's (``WORKER_WEIGHT_BYTES``): that is the case the split exists for;
+two usable cores; and no recent two-worker run found the second core busy
+(``report_waits``: the workers step in lockstep, so a core taken by another
+process or by a BLAS pool's spinning threads costs a time slice a step; the
+general driver is used for ``BUSY_CORE_SECONDS`` after such a run, then two
+workers are tried again).  One worker runs only where forced, or where
+another thread of the process holds the helper.  The choice can be
+forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch jobs and
+benchmarks), and every plan taken is recorded for ``rnnkern.show_config()``
+(``recent_paths``).  Backward always runs the general driver (its tape is
+the same whichever forward made it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+__all__ = ["PATHS", "SMALL_BATCH_MAX_BATCH", "WORKER_WEIGHT_BYTES", "ONE_CORE_WEIGHT_BYTES",
+           "BUSY_CORE_SECONDS", "Plan", "use_path", "path_choice", "usable_cores",
+           "plan_direction", "recent_paths", "report_waits"]
+
+#: What ``use_path`` and ``$RNNKERN_CPU_PATH`` accept.
+PATHS = ("auto", "small_batch", "general")
+#: The largest batch ``auto`` sends to the small-batch driver.  (Measured on
+#: the 2-core Zen 4 VM; see the benchmarks.)
+SMALL_BATCH_MAX_BATCH = 8
+#: The most bytes of W_hh one worker may own for ``auto`` to pick small_batch:
+#: what stays in a 1 MB L2 beside the state, the scratch and the step's gx.
+WORKER_WEIGHT_BYTES = 768 * 1024
+#: ``auto`` splits only a W_hh larger than this: one that stays in one
+#: core's L2 is read from there by the general driver's per-step GEMV/GEMM
+#: (OpenBLAS beat the split at B >= 2 there, measured for the RNN at H = 256),
+#: and a split gains less than its barriers and the helper's start cost.
+ONE_CORE_WEIGHT_BYTES = 512 * 1024
+#: After a two-worker run whose barrier waits outlasted the spin at more than
+#: one step in ``SLOW_WAIT_SHARE``, ``auto`` plans one worker for this long.
+BUSY_CORE_SECONDS = 2.0
+SLOW_WAIT_SHARE = 16
+_ENVIRONMENT = "RNNKERN_CPU_PATH"
+_busy_until = 0.0        # time.monotonic() before which the second core counts as busy
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The driver of one layer-direction's forward; ``reason`` says why in words."""
+
+    path: str
+    reason: str
+    workers: int = 0
+
+    def describe(self) -> str:
+        if self.path == "small_batch":
+            return f"small_batch, {self.workers} worker(s) ({self.reason})"
+        return f"general ({self.reason})"
+
+
+_forced = None           # (path, workers) set by use_path
+
+
+@contextlib.contextmanager
+def use_path(path: str, *, workers: int | None = None):
+    """Force the CPU driver inside a ``with`` block: ``"small_batch"``, ``"general"`` or ``"auto"``.
+
+    ``workers`` (1 or 2) forces the small-batch driver's worker count too
+    (two workers run even on one core: correct, but they then share it).
+    Forcing ``"small_batch"`` where it cannot run (a projection) raises
+    ValueError at the layer call instead of falling back.
+    """
+    global _forced
+    if workers is not None and workers not in (1, 2):
+        raise ValueError(f"workers: expected 1, 2 or None, got {workers!r}")
+    previous, _forced = _forced, (_checked_path(path, "path"), workers)
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def path_choice() -> str:
+    """The path asked for now: ``use_path``'s, else ``$RNNKERN_CPU_PATH``'s, else ``"auto"``."""
+    if _forced is not None:
+        return _forced[0]
+    return _checked_path(os.environ.get(_ENVIRONMENT, "auto"), f"${_ENVIRONMENT}")
+
+
+def _checked_path(path, name):
+    if path not in PATHS:
+        raise ValueError(f"{name}: expected one of {PATHS}, got {path!r}")
+    return path
+
+
+def usable_cores() -> int:
+    """Cores this process may run threads on: its CPU affinity, capped by ``NUMBA_NUM_THREADS``."""
+    import numba
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, numba.config.NUMBA_NUM_THREADS))
+
+
+def report_waits(steps: int, slow_waits: int) -> None:
+    """What a two-worker run saw: ``slow_waits`` of its ``steps`` barriers outlasted the spin."""
+    global _busy_until
+    if slow_waits > steps // SLOW_WAIT_SHARE:
+        _busy_until = time.monotonic() + BUSY_CORE_SECONDS
+
+
+def _second_core_busy() -> bool:
+    return time.monotonic() < _busy_until
+
+
+_recent = {}             # (cell, dtype, batch, hidden, projected) -> Plan
+_RECENT_LIMIT = 32
+
+
+def recent_paths() -> dict:
+    """The plans taken in this process, newest last: ``{description of the direction: Plan}``."""
+    return {f"{cell} {dtype} B={batch} H={hidden}{' proj' if projected else ''}": plan
+            for (cell, dtype, batch, hidden, projected), plan in _recent.items()}
+
+
+def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
+                   choice: str | None = None, cores: int | None = None) -> Plan:
+    """The driver of one layer-direction's forward of ``cell`` with a ``(batch, hidden)`` state.
+
+    Parameters
+    ----------
+    cell : rnnkern.cells.Cell
+    dtype : dtype of the arrays
+    batch, hidden : int
+    projected : bool
+        Whether the direction has a projection (LSTM ``proj_size``).
+    choice : {"auto", "small_batch", "general"}, optional
+        Default ``path_choice()``.
+    cores : int, optional
+        Default ``usable_cores()``.
+
+    Raises
+    ------
+    ValueError
+        If ``"small_batch"`` is forced where it cannot run.
+    """
+    choice = path_choice() if choice is None else _checked_path(choice, "choice")
+    workers = _forced[1] if _forced is not None else None
+    cores = usable_cores() if cores is None else cores
+    plan = _plan(cell, np.dtype(dtype), batch, hidden, projected, choice, workers, cores)
+    key = (cell.name, str(np.dtype(dtype)), batch, hidden, projected)
+    _recent.pop(key, None)
+    _recent[key] = plan
+    while len(_recent) > _RECENT_LIMIT:
+        _recent.pop(next(iter(_recent)))
+    return plan
+
+
+def _plan(cell, dtype, batch, hidden, projected, choice, workers, cores):
+    if choice == "general":
+        return Plan("general", "forced")
+    weight_bytes = cell.num_gates * hidden * hidden * dtype.itemsize
+    busy = _second_core_busy()
+    if workers is None:
+        workers = 2 if cores >= 2 and not (busy and choice == "auto") else 1
+    workers = min(workers, hidden)
+    if projected:
+        why_not = "proj_size: the projection needs all of m_t between steps"
+    elif choice == "small_batch":
+        return Plan("small_batch", "forced", workers)
+    elif batch > SMALL_BATCH_MAX_BATCH:
+        why_not = f"batch {batch} > {SMALL_BATCH_MAX_BATCH}: per-step GEMMs pay off"
+    elif weight_bytes <= ONE_CORE_WEIGHT_BYTES:
+        why_not = (f"W_hh ({weight_bytes} B) stays in one core's L2: nothing to split")
+    elif workers < 2:
+        why_not = (f"{cores} usable core(s): W_hh cannot be split" if cores < 2 else
+                   "a recent two-worker run found the second core busy")
+    elif -(-weight_bytes // workers) > WORKER_WEIGHT_BYTES:
+        why_not = (f"half of W_hh ({-(-weight_bytes // workers)} B) is more than the "
+                   f"{WORKER_WEIGHT_BYTES} B a worker may keep in L2")
+    else:
+        return Plan("small_batch", f"batch {batch} <= {SMALL_BATCH_MAX_BATCH}, W_hh "
+                                   f"({weight_bytes} B) split over {workers} L2s", workers)
+    if choice == "small_batch":
+        raise ValueError(f"CPU path 'small_batch' was forced, but {cell.name} with batch "
+                         f"{batch}, hidden {hidden}, {dtype} cannot take it: {why_not}")
+    return Plan("general", why_not)

@@ -1,0 +1,363 @@
+"""The CPU small-batch path (``kernels/numba/small_batch.py``) equals the general path and torch.
+
+The small-batch driver splits W_hh by hidden units over one or two worker
+threads that meet at a spin barrier every step; the general driver runs a
+BLAS product per step.  Both must give the same ``y``, final states, tape
+(state history and saved arrays, in the general driver's layout) and so
+the same gradients, for every registry cell, option and length, to float
+rounding (the products sum in another order); one worker and two workers
+must agree bit for bit (each product row is summed by the same code
+whichever worker owns it).  The planner's choice is forced here with
+``planner.use_path``; ``$RNNKERN_CPU_PATH`` and the recorded plans are
+checked too.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import rnnkern as rk
+import rnnkern.backends.numba as numba_backend
+from conftest import ALL_CELLS, CELL_IDS, TOLERANCE, make_layer
+from rnnkern.backends.numba import planner
+from rnnkern.cells import CELLS
+from torch_oracle import oracle_run
+
+#: (path, workers) of each forced run; "general" is the reference.
+RUNS = {"general": ("general", None), "one_worker": ("small_batch", 1),
+        "two_workers": ("small_batch", 2)}
+
+
+@pytest.fixture(autouse=True)
+def no_busy_core_seen(monkeypatch):
+    """Every test starts as if no two-worker run had found the second core busy (runs on
+    a loaded machine set that; it is restored after the test)."""
+    monkeypatch.setattr(planner, "_busy_until", 0.0)
+
+
+def _states(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def _run(layer, x, state, lengths, dy, dstate, run):
+    """Inference, forward (with its tape's arrays) and backward on the forced path."""
+    path, workers = RUNS[run]
+    with planner.use_path(path, workers=workers):
+        y_inference, state_inference = layer(x, state, lengths)
+        y, state_n, tape = layer.forward(x, state, lengths=lengths)
+        dx, dstate0, grads = layer.backward(dy, tape, dstate)
+    kept = [(direction["history"], direction["saved"]) for direction in tape.saved.values()]
+    return dict(y_inference=y_inference, state_inference=_states(state_inference), y=y,
+                state_n=_states(state_n), dx=dx, dstate0=_states(dstate0), grads=grads,
+                kept=kept)
+
+
+def _assert_close(ours, reference, dtype, what, large=False):
+    """Within the oracle tolerance; ``large``: sums over hundreds of terms (H = 256), ten times
+    the relative tolerance, and as absolute floor that times the largest magnitude."""
+    if not large:
+        np.testing.assert_allclose(ours, reference, **TOLERANCE[dtype], err_msg=what)
+        return
+    rtol = 10 * TOLERANCE[dtype]["rtol"]
+    np.testing.assert_allclose(ours, reference, rtol=rtol,
+                               atol=rtol * float(np.max(np.abs(reference), initial=1.0)),
+                               err_msg=what)
+
+
+def _assert_same_results(ours, reference, dtype, exact=False, large=False):
+    check = (lambda a, b, what: np.testing.assert_array_equal(a, b, err_msg=what)) if exact \
+        else (lambda a, b, what: _assert_close(a, b, dtype, what, large))
+    for name in ("y_inference", "y", "dx"):
+        check(ours[name], reference[name], name)
+    for name in ("state_inference", "state_n", "dstate0"):
+        for k, (a, b) in enumerate(zip(ours[name], reference[name], strict=True)):
+            check(a, b, f"{name}[{k}]")
+    assert list(ours["grads"]) == list(reference["grads"])
+    for name, g in ours["grads"].items():
+        check(g, reference["grads"][name], name)
+    for d, ((history, saved), (history_ref, saved_ref)) in enumerate(
+            zip(ours["kept"], reference["kept"], strict=True)):
+        for k, (a, b) in enumerate(zip(history + saved, history_ref + saved_ref, strict=True)):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            check(a, b, f"tape of direction {d}, array {k}")
+
+
+@st.composite
+def configurations(draw):
+    """Small-batch shapes: B 1..8, H from 1 up (odd sizes, 37), lengths, directions, layers."""
+    cfg = dict(cell=draw(st.sampled_from(ALL_CELLS)), T=draw(st.integers(1, 9)),
+               B=draw(st.integers(1, 8)), I=draw(st.integers(1, 9)),
+               H=draw(st.one_of(st.integers(1, 13), st.sampled_from([37, 64]))),
+               num_layers=draw(st.integers(1, 2)), bidirectional=draw(st.booleans()),
+               batch_first=draw(st.booleans()), bias=draw(st.booleans()),
+               dtype=draw(st.sampled_from(["float64", "float32"])),
+               with_state=draw(st.booleans()), with_dstate=draw(st.booleans()),
+               seed=draw(st.integers(0, 2**16)))
+    cfg["lengths"] = (draw(st.lists(st.integers(1, cfg["T"]), min_size=cfg["B"],
+                                    max_size=cfg["B"])) if draw(st.booleans()) else None)
+    return cfg
+
+
+def _case(cfg):
+    rng = np.random.default_rng(cfg["seed"])
+    layer = make_layer(cfg["cell"], cfg["I"], cfg["H"], cfg["num_layers"], bias=cfg["bias"],
+                       batch_first=cfg["batch_first"], bidirectional=cfg["bidirectional"],
+                       dtype=cfg["dtype"], seed=cfg["seed"])
+    T, B, dt = cfg["T"], cfg["B"], cfg["dtype"]
+    D = 2 if cfg["bidirectional"] else 1
+    x = rng.standard_normal((B, T, cfg["I"]) if cfg["batch_first"] else (T, B, cfg["I"])).astype(dt)
+
+    def state():
+        states = tuple(rng.standard_normal((cfg["num_layers"] * D, B, cfg["H"])).astype(dt)
+                       for _ in cfg["cell"].state_names)
+        return states if len(states) > 1 else states[0]
+    h0 = state() if cfg["with_state"] else None
+    dstate = state() if cfg["with_dstate"] else None
+    dy = rng.standard_normal(x.shape[:2] + (layer.output_size,)).astype(dt)
+    return layer, x, h0, cfg["lengths"], dy, dstate
+
+
+@given(configurations())
+def test_small_batch_equals_the_general_path(cfg):
+    case = _case(cfg)
+    reference = _run(*case, "general")
+    one = _run(*case, "one_worker")
+    _assert_same_results(one, reference, cfg["dtype"])
+    _assert_same_results(_run(*case, "two_workers"), one, cfg["dtype"], exact=True)
+
+
+@given(configurations())
+def test_small_batch_matches_torch(cfg):
+    layer, x, state, lengths, dy, dstate = _case(cfg)
+    ours = _run(layer, x, state, lengths, dy, dstate, "two_workers")
+    ref = oracle_run(layer, x, state, lengths, dy, dstate)
+    dtype = cfg["dtype"]
+    _assert_close(ours["y"], ref["y"], dtype, "y")
+    for k, (a, b) in enumerate(zip(ours["state_n"], ref["state_n"], strict=True)):
+        _assert_close(a, b, dtype, f"state_n[{k}]")
+    _assert_close(ours["dx"], ref["dx"], dtype, "dx")
+    for name, g in ours["grads"].items():
+        _assert_close(g, ref["grads"][name], dtype, name)
+    if state is not None:
+        for k, (a, b) in enumerate(zip(ours["dstate0"], ref["dstate0"], strict=True)):
+            _assert_close(a, b, dtype, f"dstate0[{k}]")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
+def test_a_bench_sized_layer_on_two_workers(cell, dtype):
+    """H = 256, B = 1 and 8 (the planner's own range), T = 20, lengths, reverse, torch."""
+    rng = np.random.default_rng(0)
+    layer = make_layer(cell, 24, 256, 1, bidirectional=True, dtype=dtype, seed=1)
+    for B in (1, 8):
+        x = rng.standard_normal((20, B, 24)).astype(dtype)
+        lengths = list(rng.integers(1, 21, B))
+        dy = rng.standard_normal((20, B, 512)).astype(dtype)
+        case = (layer, x, None, lengths, dy, None)
+        reference = _run(*case, "general")
+        ours = _run(*case, "two_workers")
+        _assert_same_results(ours, reference, dtype, large=True)
+        ref = oracle_run(layer, x, None, lengths, dy, None)
+        _assert_close(ours["y"], ref["y"], dtype, "y against torch", large=True)
+        _assert_close(ours["dx"], ref["dx"], dtype, "dx against torch", large=True)
+
+
+def test_inference_and_training_forward_agree_bit_for_bit(cell):
+    layer = make_layer(cell, 5, 37, 2, bidirectional=True, dtype="float32", seed=2)
+    x = np.random.default_rng(3).standard_normal((6, 3, 5)).astype("float32")
+    with planner.use_path("small_batch", workers=2):
+        y, state = layer(x)
+        y_training, state_training, _ = layer.forward(x)
+    np.testing.assert_array_equal(y, y_training)
+    for a, b in zip(_states(state), _states(state_training), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unbatched_input_and_the_single_step_cells(cell):
+    rng = np.random.default_rng(4)
+    layer = make_layer(cell, 3, 9, 1, dtype="float64", seed=5)
+    x = rng.standard_normal((7, 3))
+    with planner.use_path("general"):
+        y_ref, state_ref = layer(x)
+    with planner.use_path("small_batch", workers=2):
+        y, state = layer(x)
+    _assert_close(y, y_ref, "float64", "y")
+    for a, b in zip(_states(state), _states(state_ref), strict=True):
+        _assert_close(a, b, "float64", "state")
+
+
+# ------------------------------------------------------------------ the planner
+
+def _lstm():
+    return CELLS["lstm"]
+
+
+def test_auto_takes_small_batch_at_small_batch_and_general_above():
+    small = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False, choice="auto",
+                                   cores=2)
+    assert (small.path, small.workers) == ("small_batch", 2)
+    large = planner.plan_direction(_lstm(), "float32", planner.SMALL_BATCH_MAX_BATCH + 1, 256,
+                                   projected=False, choice="auto", cores=2)
+    assert large.path == "general" and "batch" in large.reason
+
+
+def test_one_core_means_the_general_path_or_one_worker_if_forced():
+    plan = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False, choice="auto",
+                                  cores=1)
+    assert plan.path == "general" and "1 usable core" in plan.reason
+    forced = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False,
+                                    choice="small_batch", cores=1)
+    assert (forced.path, forced.workers) == ("small_batch", 1)
+
+
+def test_a_w_hh_that_fits_one_core_stays_on_the_general_path():
+    plan = planner.plan_direction(CELLS["rnn_tanh"], "float32", 1, 256, projected=False,
+                                  choice="auto", cores=2)
+    assert plan.path == "general" and "one core" in plan.reason
+
+
+def test_a_slice_of_w_hh_too_big_for_l2_goes_to_the_general_path():
+    plan = planner.plan_direction(_lstm(), "float64", 1, 1024, projected=False, choice="auto",
+                                  cores=2)
+    assert plan.path == "general" and "L2" in plan.reason
+
+
+def test_a_projection_goes_to_the_general_path_and_cannot_be_forced():
+    assert planner.plan_direction(_lstm(), "float32", 1, 16, projected=True,
+                                  choice="auto").path == "general"
+    layer = rk.LSTM(3, 8, proj_size=4, dtype="float64", seed=0)
+    x = np.zeros((2, 1, 3))
+    with planner.use_path("small_batch"), pytest.raises(ValueError, match="proj_size"):
+        layer(x)
+    with planner.use_path("general"):
+        y_ref = layer(x)[0]
+    np.testing.assert_array_equal(layer(x)[0], y_ref)          # auto: general
+
+
+def test_forcing_is_visible_and_scoped():
+    layer = make_layer(CELLS["gru"], 3, 10, 1, dtype="float32", seed=0)
+    x = np.ones((2, 3, 3), np.float32)
+    with planner.use_path("general"):
+        assert planner.path_choice() == "general"
+        layer(x)
+        assert planner.recent_paths()["gru float32 B=3 H=10"].describe() == "general (forced)"
+        with planner.use_path("small_batch", workers=1):
+            layer(x)
+            plan = planner.recent_paths()["gru float32 B=3 H=10"]
+            assert (plan.path, plan.workers, plan.reason) == ("small_batch", 1, "forced")
+        assert planner.path_choice() == "general"
+    assert list(planner.recent_paths())[-1] == "gru float32 B=3 H=10"     # newest last
+
+
+@pytest.mark.parametrize("bad", [dict(path="fast"), dict(path="small_batch", workers=3)])
+def test_use_path_refuses_what_it_does_not_know(bad):
+    with pytest.raises(ValueError):
+        with planner.use_path(**bad):
+            pass
+
+
+def test_the_environment_variable_forces_the_path_in_a_fresh_process():
+    code = ("import numpy as np, rnnkern as rk\n"
+            "from rnnkern.backends.numba import planner\n"
+            "rk.GRU(2, 4, seed=0)(np.ones((3, 1, 2), np.float32))\n"
+            "print(planner.path_choice(), planner.recent_paths()['gru float32 B=1 H=4'].path)\n"
+            "rk.show_config()\n")
+    for value in ("general", "small_batch"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=dict(os.environ, RNNKERN_CPU_PATH=value), check=True).stdout
+        assert out.splitlines()[0] == f"{value} {value}"
+        assert "cpu_path" in out and "gru float32 B=1 H=4" in out
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, RNNKERN_CPU_PATH="fastest"))
+    assert bad.returncode != 0 and "RNNKERN_CPU_PATH" in bad.stderr
+
+
+def test_a_busy_second_core_sends_auto_to_the_general_path():
+    args = (_lstm(), "float32", 1, 256)
+    assert planner.plan_direction(*args, projected=False, choice="auto", cores=2).workers == 2
+    planner.report_waits(100, 100 // planner.SLOW_WAIT_SHARE)          # at the share: fine
+    assert planner.plan_direction(*args, projected=False, choice="auto", cores=2).workers == 2
+    planner.report_waits(100, 50)
+    plan = planner.plan_direction(*args, projected=False, choice="auto", cores=2)
+    assert plan.path == "general" and "busy" in plan.reason
+    forced = planner.plan_direction(*args, projected=False, choice="small_batch", cores=2)
+    assert forced.workers == 2                     # forcing is not second-guessed
+
+
+# ------------------------------------------------------------------ the workers
+
+def test_a_failing_helper_worker_aborts_the_other_and_raises(monkeypatch):
+    """The helper thread raises before it reaches the barrier: the calling thread's
+    worker must return (not spin forever) and the error must reach the caller."""
+    def broken(arguments, barrier):
+        barrier[numba_backend.atomics.ABORT] = 1
+        raise RuntimeError("helper broke")
+
+    layer = make_layer(CELLS["lstm"], 3, 16, 1, dtype="float32", seed=0)
+    x = np.ones((50, 2, 3), np.float32)
+    with monkeypatch.context() as patched:
+        patched.setattr(numba_backend, "_guarded_worker", broken)
+        with planner.use_path("small_batch", workers=2), \
+                pytest.raises(RuntimeError, match="helper"):
+            layer(x)
+    with planner.use_path("small_batch", workers=2):      # and the next call works again
+        y = layer(x)[0]
+    with planner.use_path("general"):
+        _assert_close(y, layer(x)[0], "float32", "y after a failed call")
+
+
+def test_calls_from_several_threads_at_once():
+    """Only one call at a time gets the helper; the others run on one worker, all correct."""
+    layer = make_layer(CELLS["gru"], 4, 48, 1, dtype="float64", seed=0)
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((30, 2, 4)) for _ in range(6)]
+    with planner.use_path("general"):
+        expected = [layer(x)[0] for x in xs]
+    results, errors = [None] * len(xs), []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                results[i] = layer(xs[i])[0]
+        except Exception as error:          # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    with planner.use_path("small_batch", workers=2):     # process-wide, set once
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    for y, y_ref in zip(results, expected, strict=True):
+        _assert_close(y, y_ref, "float64", "y")
+
+
+def test_a_failing_calling_worker_releases_the_helper(monkeypatch):
+    """The calling thread's worker raises: the helper, already waiting at the barrier,
+    must be released (aborted) and the error raised, not a hang."""
+    from rnnkern.kernels.numba import small_batch
+
+    real = small_batch.forward_worker
+
+    def failing_first(*arguments):
+        if arguments[1] == 0:
+            raise RuntimeError("worker 0 broke")
+        return real(*arguments)
+
+    layer = make_layer(CELLS["rnn_tanh"], 3, 32, 1, dtype="float64", seed=0)
+    x = np.ones((40, 1, 3))
+    with monkeypatch.context() as patched:
+        patched.setattr(small_batch, "forward_worker", failing_first)
+        with planner.use_path("small_batch", workers=2), \
+                pytest.raises(RuntimeError, match="worker 0"):
+            layer(x)
+    with planner.use_path("small_batch", workers=2):
+        y = layer(x)[0]
+    with planner.use_path("general"):
+        _assert_close(y, layer(x)[0], "float64", "y after a failed call")
