@@ -20,6 +20,7 @@ def configuration() -> dict:
     from threadpoolctl import threadpool_info
 
     from . import __version__
+    from .backends.cuda import planner
     from .backends.numba import blas
     from .backends.numba import planner as cpu_planner
     from .cells import CELLS
@@ -46,6 +47,12 @@ def configuration() -> dict:
                       for direction, plan in cpu_planner.recent_paths().items()},
         "cuda": (f"{cuda_device_count()} device(s)" if cuda_unavailable_reason() is None
                  else f"unavailable: {cuda_unavailable_reason()}"),
+        "cuda_path": (f"{planner.path_choice()} (persistent kernels up to batch "
+                      f"{planner.PERSISTENT_MAX_BATCH} where W_hh fits on chip, else the step "
+                      f"path; force with rnnkern.backends.cuda.planner.use_path or "
+                      f"$RNNKERN_CUDA_PATH)"),
+        "cuda_plans": {direction: plan.describe()
+                       for direction, plan in planner.recent_plans().items()},
         "cells": {name: f"rk.{cell.layer}" + "".join(f" {k}={v!r}" for k, v in
                                                      cell.layer_options.items())
                   for name, cell in CELLS.items()},
@@ -53,7 +60,8 @@ def configuration() -> dict:
 
 
 def show_config(print_fn=print) -> dict:
-    """Print the versions, the BLAS of the CPU kernels, the thread pools and the GPU's state.
+    """Print the versions, the BLAS of the CPU kernels, the thread pools, the GPU's state,
+    the CUDA path asked for and the path each layer-direction took on the GPU so far.
 
     Returns
     -------
@@ -62,8 +70,10 @@ def show_config(print_fn=print) -> dict:
     """
     info = configuration()
     lines = [f"{'rnnkern':18}{info['rnnkern']}"]
-    for key in ("python", "machine", "numpy", "numba", "cpu_kernels_blas", "cuda"):
+    for key in ("python", "machine", "numpy", "numba", "cpu_kernels_blas", "cuda", "cuda_path"):
         lines.append(f"{key:18}{info[key]}")
+    for direction, plan in info["cuda_plans"].items():
+        lines.append(f"{'cuda plan':18}{direction}: {plan}")
     for pool in info["thread_pools"]:
         lines.append(f"{'thread pool':18}{pool['library']}: {pool['threads']} threads ({pool['file']})")
     lines.append(f"{'cpu_path':18}{info['cpu_path']}")
