@@ -82,10 +82,11 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdarg>
+#include <cstdio>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
-#include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -279,6 +280,7 @@ public:
     StackPool& operator=(const StackPool&) = delete;
     ~StackPool() {
         for (auto [mapping, bytes] : mappings_) munmap(mapping, bytes);
+        for (Stack* stacks : chunks_) delete[] stacks;
     }
 
     // A stack with its canary set, or nullptr if no memory can be mapped.
@@ -313,17 +315,16 @@ private:
         if (mapping == MAP_FAILED) return false;
         mappings_.emplace_back(mapping, bytes);
         mprotect(mapping, page, PROT_NONE);      // best effort: the canaries still check
-        stacks_.emplace_back(new Stack[chunk]);
+        Stack* stacks = chunks_.emplace_back(new Stack[chunk]);
         for (std::size_t k = chunk; k-- > 0;) {
-            stacks_.back()[k].bottom = static_cast<unsigned char*>(mapping) + page +
-                                       k * Stack::bytes;
-            free_.push_back(&stacks_.back()[k]);
+            stacks[k].bottom = static_cast<unsigned char*>(mapping) + page + k * Stack::bytes;
+            free_.push_back(&stacks[k]);
         }
         return true;
     }
 
     std::vector<std::pair<void*, std::size_t>> mappings_;
-    std::vector<std::unique_ptr<Stack[]>> stacks_;
+    std::vector<Stack*> chunks_;        // arrays of `chunk` stacks (new[])
     std::vector<Stack*> free_;          // last in, first out
     std::size_t released_ = 0;          // free_[:released_] have no pages
 };
@@ -378,11 +379,12 @@ struct BarrierSite {
                (file == other.file || __builtin_strcmp(file, other.file) == 0);
     }
 
-    std::string describe() const {
-        return std::string(kind == BarrierKind::block ? "the block barrier __syncthreads()"
-                                                      : "the grid barrier this_grid().sync()") +
-               " at " + file + ":" + std::to_string(line);
+    // For messages: the barrier and where it is called.
+    const char* name() const {
+        return kind == BarrierKind::block ? "the block barrier __syncthreads()"
+                                          : "the grid barrier this_grid().sync()";
     }
+
 };
 
 struct Fiber {
@@ -445,8 +447,14 @@ inline std::uint64_t gcd(std::uint64_t a, std::uint64_t b) {
     return a;
 }
 
-inline std::string text(uint3 i) {
-    return "(" + std::to_string(i.x) + "," + std::to_string(i.y) + "," + std::to_string(i.z) + ")";
+// printf into a std::string: the error messages (cold code, kept small).
+[[gnu::cold, gnu::format(printf, 1, 2)]] inline std::string format(const char* format, ...) {
+    char text[1024];
+    va_list args;
+    va_start(args, format);
+    std::vsnprintf(text, sizeof(text), format, args);
+    va_end(args);
+    return text;
 }
 
 inline uint3 unravel(std::uint64_t linear, dim3 shape) {
@@ -503,25 +511,28 @@ public:
         Fiber& fiber = fibers_[current_];
         Block& block = blocks_resident_[fiber.block];
         if (site.kind == BarrierKind::grid && !cooperative_)
-            fail(fiber, site.describe() + " in a launch that is not cooperative (a grid "
-                        "barrier needs every block resident: launch with cooperative=True)");
+            fail(fiber, "%s at %s:%d in a launch that is not cooperative (a grid barrier needs "
+                        "every block resident: launch with cooperative=True)",
+                 site.name(), site.file, site.line);
         if (block.done != 0)
-            fail(fiber, "reached " + site.describe() + " after " + std::to_string(block.done) +
-                        " thread(s) of its block returned: every thread of a block must "
-                        "reach the same barriers");
+            fail(fiber, "reached %s at %s:%d after %u thread(s) of its block returned: every "
+                        "thread of a block must reach the same barriers",
+                 site.name(), site.file, site.line, block.done);
         if (block.waiting != 0 && !(block.site == site))
-            fail(fiber, "reached " + site.describe() + " while " +
-                        std::to_string(block.waiting) + " thread(s) of its block wait at " +
-                        block.site.describe() + ": a deadlock");
+            fail(fiber, "reached %s at %s:%d while %u thread(s) of its block wait at %s at "
+                        "%s:%d: a deadlock",
+                 site.name(), site.file, site.line, block.waiting, block.site.name(),
+                 block.site.file, block.site.line);
         if (site.kind == BarrierKind::grid) {
             if (grid_done_ != 0)
-                fail(fiber, "reached " + site.describe() + " after " +
-                            std::to_string(grid_done_) + " thread(s) of the grid returned: "
-                            "every thread of the grid must reach the same grid barriers");
+                fail(fiber, "reached %s at %s:%d after %llu thread(s) of the grid returned: "
+                            "every thread of the grid must reach the same grid barriers",
+                     site.name(), site.file, site.line, (unsigned long long)grid_done_);
             if (grid_waiting_ != 0 && !(grid_site_ == site))
-                fail(fiber, "reached " + site.describe() + " while " +
-                            std::to_string(grid_waiting_) + " thread(s) of the grid wait at " +
-                            grid_site_.describe() + ": a deadlock");
+                fail(fiber, "reached %s at %s:%d while %llu thread(s) of the grid wait at %s "
+                            "at %s:%d: a deadlock",
+                     site.name(), site.file, site.line, (unsigned long long)grid_waiting_,
+                     grid_site_.name(), grid_site_.file, grid_site_.line);
         }
         fiber.state = Fiber::waiting;
         block.site = site;
@@ -578,9 +589,9 @@ private:
     // Every block at once: the fibers of all blocks in one set of rounds.
     void run_cooperative() {
         if (blocks_ * threads_per_block_ > (std::uint64_t(1) << 31))
-            throw LaunchError{"host emulation: a cooperative launch of " +
-                              std::to_string(blocks_ * threads_per_block_) +
-                              " threads is beyond any GPU (and this emulation)"};
+            throw LaunchError{format("host emulation: a cooperative launch of %llu threads is "
+                                     "beyond any GPU (and this emulation)",
+                                     (unsigned long long)(blocks_ * threads_per_block_))};
         make_resident(blocks_);
         for (std::uint64_t b = 0; b < blocks_; ++b) start_block(unsigned(b), unravel(b, grid_));
         run_rounds();
@@ -661,10 +672,7 @@ private:
         }
         for (const Fiber& fiber : fibers_)    // the arrival checks make this unreachable
             if (fiber.state != Fiber::done)
-                throw LaunchError{"host emulation: deadlock: block " +
-                                  text(blocks_resident_[fiber.block].index) + ", thread " +
-                                  text(fiber.thread) + " waits at " +
-                                  blocks_resident_[fiber.block].site.describe()};
+                throw LaunchError{where(fiber) + "waits at a barrier: a deadlock"};
     }
 
     // Makes fiber f the running one: its indices and shared memory.
@@ -687,18 +695,14 @@ private:
         if (first.stack == nullptr) {
             first.stack = pool_.take();
             if (first.stack == nullptr)
-                throw LaunchError{"host emulation: block " +
-                                  text(blocks_resident_[first.block].index) + ", thread " +
-                                  text(first.thread) + ": no memory for another fiber stack"};
+                throw LaunchError{where(first) + "no memory for another fiber stack"};
             start_context(*first.stack, &Launch::fiber_main);
         }
         switch_context(scheduler_, first.stack->context);
         Fiber& last = fibers_[current_];
         if (last.stack->overflowed())
-            throw LaunchError{"host emulation: block " +
-                              text(blocks_resident_[last.block].index) + ", thread " +
-                              text(last.thread) + " overflowed its stack (" +
-                              std::to_string(Stack::bytes >> 10) + " KiB)"};
+            throw LaunchError{where(last) + format("overflowed its stack (%zu KiB)",
+                                                   Stack::bytes >> 10)};
         if (!error_.empty()) throw LaunchError{error_};
         if (last.state == Fiber::done) {
             pool_.give(last.stack);
@@ -709,10 +713,21 @@ private:
     // Back to the scheduler; returns when the scheduler resumes this fiber.
     void suspend() { switch_context(fibers_[current_].stack->context, scheduler_); }
 
+    // "block (x,y,z), thread (x,y,z): " of a fiber, to start a message.
+    [[gnu::cold]] std::string where(const Fiber& fiber) const {
+        const uint3 b = blocks_resident_[fiber.block].index, t = fiber.thread;
+        return format("block (%u,%u,%u), thread (%u,%u,%u): ", b.x, b.y, b.z, t.x, t.y, t.z);
+    }
+
     // Records the error and leaves the fiber for good (the scheduler throws it).
-    [[noreturn]] void fail(const Fiber& fiber, const std::string& what) {
-        error_ = "block " + text(blocks_resident_[fiber.block].index) + ", thread " +
-                 text(fiber.thread) + ": " + what;
+    [[noreturn, gnu::cold, gnu::format(printf, 3, 4)]] void fail(const Fiber& fiber,
+                                                                 const char* what, ...) {
+        char text[1024];
+        va_list args;
+        va_start(args, what);
+        std::vsnprintf(text, sizeof(text), what, args);
+        va_end(args);
+        error_ = where(fiber) + text;
         suspend();
         __builtin_trap();    // a failed launch never resumes its fibers
     }
@@ -723,13 +738,14 @@ private:
         fiber.state = Fiber::done;
         ++grid_done_;
         if (block.waiting != 0)
-            fail(fiber, "returned while " + std::to_string(block.waiting) +
-                        " thread(s) of its block wait at " + block.site.describe() +
-                        ": every thread of a block must reach the same barriers");
+            fail(fiber, "returned while %u thread(s) of its block wait at %s at %s:%d: every "
+                        "thread of a block must reach the same barriers",
+                 block.waiting, block.site.name(), block.site.file, block.site.line);
         if (grid_waiting_ != 0)
-            fail(fiber, "returned while " + std::to_string(grid_waiting_) +
-                        " thread(s) of the grid wait at " + grid_site_.describe() +
-                        ": every thread of the grid must reach the same grid barriers");
+            fail(fiber, "returned while %llu thread(s) of the grid wait at %s at %s:%d: every "
+                        "thread of the grid must reach the same grid barriers",
+                 (unsigned long long)grid_waiting_, grid_site_.name(), grid_site_.file,
+                 grid_site_.line);
         if (++block.done == threads_per_block_) check_shared_guards(fiber, block);
     }
 
@@ -741,10 +757,9 @@ private:
             std::size_t k = 0;
             while (zone[k] == guard_pattern.bytes[k]) ++k;
             const std::ptrdiff_t offset = zone + k - block.shared;
-            fail(fiber, "wrote outside its block's dynamic shared memory (shared_bytes = " +
-                        std::to_string(shared_bytes_) + "): byte " + std::to_string(offset) +
-                        " of it changed (a guard byte; found when the block's last thread "
-                        "returned)");
+            fail(fiber, "wrote outside its block's dynamic shared memory (shared_bytes = %zu): "
+                        "byte %td of it changed (a guard byte; found when the block's last "
+                        "thread returned)", shared_bytes_, offset);
         }
     }
 
@@ -812,7 +827,7 @@ __attribute__((noinline)) inline const char* launch(void (*body)(void**), dim3 g
                                                     int cooperative, int schedule,
                                                     std::uint64_t seed) noexcept {
     if (schedule < 0 || schedule > int(Schedule::shuffled)) {
-        launch_error = "host emulation: unknown schedule " + std::to_string(schedule);
+        launch_error = format("host emulation: unknown schedule %d", schedule);
     } else {
         try {
             launch_error = Launch(body, args, grid, block, shared_bytes, cooperative != 0,
