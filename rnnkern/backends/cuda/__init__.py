@@ -34,7 +34,7 @@ import numpy as np
 from ...dispatch import namespace_of
 from .driver import backward_direction_with, forward_direction_with
 from .launchers import Launcher
-from .modules import get_kernel
+from .modules import CudaKernelError, get_kernel
 from .planner import DeviceLimits
 
 __all__ = ["forward_direction", "backward_direction", "CupyLauncher", "cupy_launcher"]
@@ -79,10 +79,20 @@ class CupyLauncher(Launcher):
 
     def _launch(self, name, grid, block, args, shared_bytes, cooperative):
         kernel = get_kernel(name)
-        if shared_bytes > 48 * 1024:      # above the default, the kernel must opt in
-            kernel.max_dynamic_shared_size_bytes = shared_bytes
-        kernel(grid, block, tuple(_by_value(a) if isinstance(a, tuple) else a for a in args),
-               shared_mem=shared_bytes)
+        values = tuple(_by_value(a) if isinstance(a, tuple) else a for a in args)
+        if not cooperative:
+            kernel(grid, block, values)
+            return
+        try:
+            if shared_bytes > 48 * 1024:      # above the default, the kernel must opt in
+                kernel.max_dynamic_shared_size_bytes = shared_bytes
+            kernel(grid, block, values, shared_mem=shared_bytes)
+        except Exception as err:              # e.g. more blocks than can be resident at once
+            raise CudaKernelError(
+                f"{name}: cooperative launch of {grid[0]} blocks x {block[0]} threads with "
+                f"{shared_bytes} B of shared memory failed ({type(err).__name__}: {err}); "
+                f"run with rnnkern.backends.cuda.planner.use_path('step') or "
+                f"RNNKERN_CUDA_PATH=step, and report the device") from err
 
 
 @functools.cache
