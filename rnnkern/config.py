@@ -38,11 +38,7 @@ def configuration() -> dict:
         "cpu_kernels_blas": f"{blas.blas_name()} (RNNKERN_BLAS={os.environ.get('RNNKERN_BLAS', 'numpy')}; "
                             f"choices {', '.join(blas.CHOICES)})",
         "thread_pools": pools,
-        "cpu_path": (f"{cpu_planner.path_choice()} (small-batch driver, W_hh split over 2 "
-                     f"cores, up to batch {cpu_planner.SMALL_BATCH_MAX_BATCH} where W_hh outgrows "
-                     f"one L2 and half of it fits one ({cpu_planner.usable_cores()} usable "
-                     f"core(s)), else the general driver; force with "
-                     f"rnnkern.backends.numba.planner.use_path or $RNNKERN_CPU_PATH)"),
+        "cpu_path": f"{cpu_planner.path_choice()} ({cpu_planner.policy()})",
         "cpu_paths": {direction: plan.describe()
                       for direction, plan in cpu_planner.recent_paths().items()},
         "cuda": (f"{cuda_device_count()} device(s)" if cuda_unavailable_reason() is None

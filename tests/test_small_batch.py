@@ -215,10 +215,23 @@ def test_one_core_means_the_general_path_or_one_worker_if_forced():
     assert (forced.path, forced.workers) == ("small_batch", 1)
 
 
-def test_a_w_hh_that_fits_one_core_stays_on_the_general_path():
+def test_a_small_w_hh_stays_on_the_general_path():
     plan = planner.plan_direction(CELLS["rnn_tanh"], "float32", 1, 256, projected=False,
                                   choice="auto", cores=2)
-    assert plan.path == "general" and "one core" in plan.reason
+    assert plan.path == "general" and "too small" in plan.reason
+
+
+def test_the_l2_size_sets_the_largest_split(monkeypatch):
+    monkeypatch.setattr(planner, "l2_bytes", lambda: 1024**2)        # 768 KiB a worker
+    args = dict(projected=False, choice="auto", cores=2)
+    assert planner.plan_direction(_lstm(), "float64", 1, 256, **args).path == "general"
+    assert planner.plan_direction(_lstm(), "float32", 1, 256, **args).path == "small_batch"
+    monkeypatch.setattr(planner, "l2_bytes", lambda: 2 * 1024**2)    # 1536 KiB a worker
+    assert planner.plan_direction(_lstm(), "float64", 1, 256, **args).path == "small_batch"
+
+
+def test_the_l2_size_is_read_from_the_machine():
+    assert planner.l2_bytes() >= 64 * 1024
 
 
 def test_a_slice_of_w_hh_too_big_for_l2_goes_to_the_general_path():
@@ -294,7 +307,7 @@ def test_a_busy_second_core_sends_auto_to_the_general_path():
 def test_a_failing_helper_worker_aborts_the_other_and_raises(monkeypatch):
     """The helper thread raises before it reaches the barrier: the calling thread's
     worker must return (not spin forever) and the error must reach the caller."""
-    def broken(arguments, barrier):
+    def broken(arguments, barrier, cpus=None):
         barrier[numba_backend.atomics.ABORT] = 1
         raise RuntimeError("helper broke")
 

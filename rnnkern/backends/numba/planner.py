@@ -15,10 +15,10 @@ Two drivers run a layer-direction forward on NumPy arrays
 ``plan_direction`` picks one from the batch, the shapes, the dtype and the
 cores this process may use.  ``auto`` takes small_batch, with two workers,
 where all of these hold: at most ``SMALL_BATCH_MAX_BATCH`` rows; no
-projection (``proj_size`` needs all of ``m_t`` between steps); W_hh larger
-than one core's L2 share (``ONE_CORE_WEIGHT_BYTES``) and half of it within
-a worker's (``WORKER_WEIGHT_BYTES``): that is the case the split exists for;
-two usable cores; and no recent two-worker run found the second core busy
+projection (``proj_size`` needs all of ``m_t`` between steps); W_hh large
+enough for the split to pay (``SPLIT_MIN_WEIGHT_BYTES``) and half of it
+within a worker's share of its core's L2 (``WORKER_L2_SHARE`` of
+``l2_bytes()``, read from sysfs); two usable cores; and no recent two-worker run found the second core busy
 (``report_waits``: the workers step in lockstep, so a core taken by another
 process or by a BLAS pool's spinning threads costs a time slice a step; the
 general driver is used for ``BUSY_CORE_SECONDS`` after such a run, then two
@@ -34,28 +34,32 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PATHS", "SMALL_BATCH_MAX_BATCH", "WORKER_WEIGHT_BYTES", "ONE_CORE_WEIGHT_BYTES",
-           "BUSY_CORE_SECONDS", "Plan", "use_path", "path_choice", "usable_cores",
-           "plan_direction", "recent_paths", "report_waits"]
+__all__ = ["PATHS", "SMALL_BATCH_MAX_BATCH", "SPLIT_MIN_WEIGHT_BYTES", "WORKER_L2_SHARE",
+           "BUSY_CORE_SECONDS", "Plan", "use_path", "path_choice", "usable_cores", "l2_bytes",
+           "policy", "plan_direction", "recent_paths", "report_waits"]
 
 #: What ``use_path`` and ``$RNNKERN_CPU_PATH`` accept.
 PATHS = ("auto", "small_batch", "general")
 #: The largest batch ``auto`` sends to the small-batch driver.  (Measured on
 #: the 2-core Zen 4 VM; see the benchmarks.)
 SMALL_BATCH_MAX_BATCH = 8
-#: The most bytes of W_hh one worker may own for ``auto`` to pick small_batch:
-#: what stays in a 1 MB L2 beside the state, the scratch and the step's gx.
-WORKER_WEIGHT_BYTES = 768 * 1024
-#: ``auto`` splits only a W_hh larger than this: one that stays in one
-#: core's L2 is read from there by the general driver's per-step GEMV/GEMM
-#: (OpenBLAS beat the split at B >= 2 there, measured for the RNN at H = 256),
-#: and a split gains less than its barriers and the helper's start cost.
-ONE_CORE_WEIGHT_BYTES = 512 * 1024
+#: ``auto`` splits only a W_hh larger than this.  At B = 1 each step's
+#: product streams W_hh through the cores, so two cores read it about twice
+#: as fast wherever it lives; but a step also pays a barrier and a cross-core
+#: exchange of h (together ~1-2 us), and the call a helper thread's start.
+#: Measured on the 2-core VM (float32, B = 1, H = 256): the split ran the
+#: LSTM's 1 MiB W_hh 1.45x faster than one worker, the RNN's 256 KiB no faster.
+SPLIT_MIN_WEIGHT_BYTES = 512 * 1024
+#: The share of a core's L2 a worker's slice of W_hh may take (beside the
+#: state, the scratch and the step's gx) for ``auto`` to pick small_batch.
+WORKER_L2_SHARE = 0.75
 #: After a two-worker run whose barrier waits outlasted the spin at more than
 #: one step in ``SLOW_WAIT_SHARE``, ``auto`` plans one worker for this long.
 BUSY_CORE_SECONDS = 2.0
@@ -135,6 +139,37 @@ def _second_core_busy() -> bool:
     return time.monotonic() < _busy_until
 
 
+@functools.cache
+def l2_bytes() -> int:
+    """One core's L2 cache in bytes: from sysfs, else ``sysconf``, else 1 MiB."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1024, "M": 1024**2}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+        except (OSError, ValueError):
+            continue
+    try:
+        size = os.sysconf("SC_LEVEL2_CACHE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        size = 0
+    return size if size > 0 else 1024**2
+
+
+def _worker_weight_bytes() -> int:
+    return int(WORKER_L2_SHARE * l2_bytes())
+
+
+def policy() -> str:
+    """What ``auto`` does on this machine, in words (for ``rnnkern.show_config``)."""
+    return (f"small-batch driver up to batch {SMALL_BATCH_MAX_BATCH} where W_hh is over "
+            f"{SPLIT_MIN_WEIGHT_BYTES // 1024} KiB and half of it fits "
+            f"{_worker_weight_bytes() // 1024} KiB of a core's {l2_bytes() // 1024} KiB L2, on "
+            f"{usable_cores()} usable core(s), else the general driver; force with "
+            f"rnnkern.backends.numba.planner.use_path or ${_ENVIRONMENT}")
+
+
 _recent = {}             # (cell, dtype, batch, hidden, projected) -> Plan
 _RECENT_LIMIT = 32
 
@@ -192,17 +227,17 @@ def _plan(cell, dtype, batch, hidden, projected, choice, workers, cores):
         return Plan("small_batch", "forced", workers)
     elif batch > SMALL_BATCH_MAX_BATCH:
         why_not = f"batch {batch} > {SMALL_BATCH_MAX_BATCH}: per-step GEMMs pay off"
-    elif weight_bytes <= ONE_CORE_WEIGHT_BYTES:
-        why_not = (f"W_hh ({weight_bytes} B) stays in one core's L2: nothing to split")
+    elif weight_bytes <= SPLIT_MIN_WEIGHT_BYTES:
+        why_not = f"W_hh ({weight_bytes} B) too small for a split to pay"
     elif workers < 2:
         why_not = (f"{cores} usable core(s): W_hh cannot be split" if cores < 2 else
                    "a recent two-worker run found the second core busy")
-    elif -(-weight_bytes // workers) > WORKER_WEIGHT_BYTES:
+    elif -(-weight_bytes // workers) > _worker_weight_bytes():
         why_not = (f"half of W_hh ({-(-weight_bytes // workers)} B) is more than the "
-                   f"{WORKER_WEIGHT_BYTES} B a worker may keep in L2")
+                   f"{_worker_weight_bytes()} B a worker may keep in L2")
     else:
         return Plan("small_batch", f"batch {batch} <= {SMALL_BATCH_MAX_BATCH}, W_hh "
-                                   f"({weight_bytes} B) split over {workers} L2s", workers)
+                                   f"({weight_bytes} B) split over {workers} cores' L2", workers)
     if choice == "small_batch":
         raise ValueError(f"CPU path 'small_batch' was forced, but {cell.name} with batch "
                          f"{batch}, hidden {hidden}, {dtype} cannot take it: {why_not}")
