@@ -206,11 +206,14 @@ def test_auto_takes_small_batch_at_small_batch_and_general_above():
     assert large.path == "general" and "batch" in large.reason
 
 
-def test_one_core_means_the_general_path_or_one_worker_if_forced():
-    plan = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False, choice="auto",
-                                  cores=1)
-    assert plan.path == "general" and "1 usable core" in plan.reason
-    forced = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False,
+def test_one_core_means_one_worker_at_batch_one_else_the_general_path():
+    one = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False, choice="auto",
+                                 cores=1)
+    assert (one.path, one.workers) == ("small_batch", 1) and "1 usable core" in one.reason
+    more = planner.plan_direction(_lstm(), "float32", planner.ONE_WORKER_MAX_BATCH + 1, 256,
+                                  projected=False, choice="auto", cores=1)
+    assert more.path == "general" and "1 usable core" in more.reason
+    forced = planner.plan_direction(_lstm(), "float32", 4, 256, projected=False,
                                     choice="small_batch", cores=1)
     assert (forced.path, forced.workers) == ("small_batch", 1)
 
@@ -290,13 +293,16 @@ def test_the_environment_variable_forces_the_path_in_a_fresh_process():
     assert bad.returncode != 0 and "RNNKERN_CPU_PATH" in bad.stderr
 
 
-def test_a_busy_second_core_sends_auto_to_the_general_path():
+def test_a_busy_second_core_makes_auto_use_one_worker():
     args = (_lstm(), "float32", 1, 256)
     assert planner.plan_direction(*args, projected=False, choice="auto", cores=2).workers == 2
     planner.report_waits(100, 100 // planner.SLOW_WAIT_SHARE)          # at the share: fine
     assert planner.plan_direction(*args, projected=False, choice="auto", cores=2).workers == 2
     planner.report_waits(100, 50)
     plan = planner.plan_direction(*args, projected=False, choice="auto", cores=2)
+    assert (plan.path, plan.workers) == ("small_batch", 1) and "busy" in plan.reason
+    plan = planner.plan_direction(_lstm(), "float32", 4, 256, projected=False, choice="auto",
+                                  cores=2)
     assert plan.path == "general" and "busy" in plan.reason
     forced = planner.plan_direction(*args, projected=False, choice="small_batch", cores=2)
     assert forced.workers == 2                     # forcing is not second-guessed

@@ -20,10 +20,15 @@ enough for the split to pay (``SPLIT_MIN_WEIGHT_BYTES``) and half of it
 within a worker's share of its core's L2 (``WORKER_L2_SHARE`` of
 ``l2_bytes()``, read from sysfs); two usable cores; and no recent two-worker run found the second core busy
 (``report_waits``: the workers step in lockstep, so a core taken by another
-process or by a BLAS pool's spinning threads costs a time slice a step; the
-general driver is used for ``BUSY_CORE_SECONDS`` after such a run, then two
-workers are tried again).  One worker runs only where forced, or where
-another thread of the process holds the helper.  The choice can be
+process or by a BLAS pool's spinning threads costs a time slice a step).
+Where the second core is missing or was found busy in the last
+``BUSY_CORE_SECONDS``, one worker runs the small-batch driver up to
+``ONE_WORKER_MAX_BATCH`` rows (W_hh then has to fit one worker's L2
+share), the general driver above.  The fallback for a busy core is one
+worker rather than the general driver on purpose: the general driver's
+per-step BLAS calls wake the BLAS pool, whose threads then spin on the
+second core (OpenBLAS: for ~2^28 cycles after each call), and keep it busy
+for the next two-worker try; one worker calls no BLAS between steps.  The choice can be
 forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch jobs and
 benchmarks), and every plan taken is recorded for ``rnnkern.show_config()``
 (``recent_paths``).  Backward always runs the general driver (its tape is
@@ -42,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["PATHS", "SMALL_BATCH_MAX_BATCH", "SPLIT_MIN_WEIGHT_BYTES", "WORKER_L2_SHARE",
-           "BUSY_CORE_SECONDS", "Plan", "use_path", "path_choice", "usable_cores", "l2_bytes",
+           "ONE_WORKER_MAX_BATCH", "BUSY_CORE_SECONDS", "Plan", "use_path", "path_choice", "usable_cores", "l2_bytes",
            "policy", "plan_direction", "recent_paths", "report_waits"]
 
 #: What ``use_path`` and ``$RNNKERN_CPU_PATH`` accept.
@@ -60,9 +65,14 @@ SPLIT_MIN_WEIGHT_BYTES = 512 * 1024
 #: The share of a core's L2 a worker's slice of W_hh may take (beside the
 #: state, the scratch and the step's gx) for ``auto`` to pick small_batch.
 WORKER_L2_SHARE = 0.75
+#: One worker (one usable core, or the second one found busy) runs the
+#: small-batch driver only up to this batch: measured at H = 256, float32,
+#: it beat the general driver at B = 1 (LSTM 18.8 vs 22.1 us a step, GRU
+#: 13.7 vs 15.3, RNN 5.3 vs 6.1) and lost at B = 2 and above.
+ONE_WORKER_MAX_BATCH = 1
 #: After a two-worker run whose barrier waits outlasted the spin at more than
 #: one step in ``SLOW_WAIT_SHARE``, ``auto`` plans one worker for this long.
-BUSY_CORE_SECONDS = 2.0
+BUSY_CORE_SECONDS = 1.0
 SLOW_WAIT_SHARE = 16
 _ENVIRONMENT = "RNNKERN_CPU_PATH"
 _busy_until = 0.0        # time.monotonic() before which the second core counts as busy
@@ -217,10 +227,11 @@ def _plan(cell, dtype, batch, hidden, projected, choice, workers, cores):
     if choice == "general":
         return Plan("general", "forced")
     weight_bytes = cell.num_gates * hidden * hidden * dtype.itemsize
-    busy = _second_core_busy()
+    busy = choice == "auto" and workers is None and _second_core_busy()
     if workers is None:
-        workers = 2 if cores >= 2 and not (busy and choice == "auto") else 1
+        workers = 2 if cores >= 2 and not busy else 1
     workers = min(workers, hidden)
+    slice_bytes = -(-weight_bytes // workers)
     if projected:
         why_not = "proj_size: the projection needs all of m_t between steps"
     elif choice == "small_batch":
@@ -229,12 +240,18 @@ def _plan(cell, dtype, batch, hidden, projected, choice, workers, cores):
         why_not = f"batch {batch} > {SMALL_BATCH_MAX_BATCH}: per-step GEMMs pay off"
     elif weight_bytes <= SPLIT_MIN_WEIGHT_BYTES:
         why_not = f"W_hh ({weight_bytes} B) too small for a split to pay"
+    elif slice_bytes > _worker_weight_bytes():
+        why_not = (f"a worker's share of W_hh ({slice_bytes} B) is more than the "
+                   f"{_worker_weight_bytes()} B it may keep in L2")
+    elif workers < 2 and batch > ONE_WORKER_MAX_BATCH:
+        why_not = (f"{cores} usable core(s)" if cores < 2 else
+                   "a recent two-worker run found the second core busy") + \
+            f", and one worker beats the general driver only up to batch {ONE_WORKER_MAX_BATCH}"
     elif workers < 2:
-        why_not = (f"{cores} usable core(s): W_hh cannot be split" if cores < 2 else
-                   "a recent two-worker run found the second core busy")
-    elif -(-weight_bytes // workers) > _worker_weight_bytes():
-        why_not = (f"half of W_hh ({-(-weight_bytes // workers)} B) is more than the "
-                   f"{_worker_weight_bytes()} B a worker may keep in L2")
+        return Plan("small_batch", f"batch {batch}, W_hh ({weight_bytes} B) in one L2; one "
+                                   "worker: " + (f"{cores} usable core(s)" if cores < 2 else
+                                                 "a recent two-worker run found the second "
+                                                 "core busy"), workers)
     else:
         return Plan("small_batch", f"batch {batch} <= {SMALL_BATCH_MAX_BATCH}, W_hh "
                                    f"({weight_bytes} B) split over {workers} cores' L2", workers)
