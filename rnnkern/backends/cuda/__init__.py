@@ -66,6 +66,8 @@ class CupyLauncher(Launcher):
     def capture(self, enqueue):
         """A CUDA graph of what ``enqueue()`` launches, captured on a side stream."""
         recorded = super().capture(enqueue)
+        for name in recorded.kernel_names:     # compile and load before, not while capturing
+            get_kernel(name)
         stream = self.xp.cuda.Stream(non_blocking=True)
         with stream:
             stream.begin_capture()

@@ -64,7 +64,7 @@ class Launcher:
         """Run kernel ``name`` on ``grid`` x ``block`` threads (see the module docstring)."""
         call = functools.partial(self._launch, name, grid, block, args, shared_bytes, cooperative)
         if self._recording is not None:
-            self._recording.append(("kernels", call, 0))
+            self._recording.append(("kernels", call, name))
             return
         self.counts["kernels"] += 1
         call()
@@ -100,10 +100,11 @@ class Launcher:
         finally:
             self._recording = None
         calls = [call for _, call, _ in recorded]
-        return Graph(run=lambda: [call() for call in calls],
-                     kernels=sum(kind == "kernels" for kind, _, _ in recorded),
-                     gemms=sum(kind == "gemms" for kind, _, _ in recorded),
-                     gemm_flops=sum(flops for _, _, flops in recorded), calls=calls)
+        kernel_names = tuple(name for kind, _, name in recorded if kind == "kernels")
+        return Graph(run=lambda: [call() for call in calls], kernels=len(kernel_names),
+                     gemms=len(calls) - len(kernel_names),
+                     gemm_flops=sum(flops for kind, _, flops in recorded if kind == "gemms"),
+                     calls=calls, kernel_names=frozenset(kernel_names))
 
     def replay(self, graph):
         """Run a captured ``Graph``: one host call."""
@@ -120,13 +121,15 @@ class Launcher:
 @dataclasses.dataclass(frozen=True)
 class Graph:
     """A captured graph: ``run()`` replays it; what it holds, for the counts;
-    ``calls``, the recorded calls in order."""
+    ``calls``, the recorded calls in order; ``kernel_names``, the kernels
+    they launch."""
 
     run: object
     kernels: int
     gemms: int
     gemm_flops: int
     calls: list
+    kernel_names: frozenset
 
 
 class GraphCache:
