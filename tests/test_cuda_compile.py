@@ -219,7 +219,10 @@ def test_persistent_kernels_fit_the_planners_assumptions(source, arch):
         assert found["spill_stores"] == 0 and found["stack"] == 0, (name, found)
 
 
-def test_persistent_thread_count_is_the_planners():
+@pytest.mark.parametrize("constant", ["PERSISTENT_THREADS", "ROWS_PER_THREAD",
+                                      "UNITS_PER_THREAD"])
+def test_persistent_kernel_constants_are_the_planners(constant):
+    """The planner sizes the launch and the shared memory with these."""
     text = (kernels_dir() / "persistent_kernels.cu").read_text()
-    match = re.search(r"constexpr int PERSISTENT_THREADS = (\d+);", text)
-    assert match is not None and int(match[1]) == planner.PERSISTENT_THREADS
+    match = re.search(rf"constexpr int {constant} = (\d+);", text)
+    assert match is not None and int(match[1]) == getattr(planner, constant)

@@ -29,19 +29,24 @@
 // as on the step path); the buffers and their layouts are the step path's
 // (rnnkern.backends.cuda.driver), so both paths share the host code.
 //
-// Dot products: each of the block's outputs is summed by `lanes` consecutive
-// threads (a power of two, at most 32, as many as the block has threads for),
-// each over every lanes-th element, into shared partial sums that the
-// pointwise phase adds up.  Shared weight rows are padded by one element so
-// that the rows read by one warp fall in different banks.
+// Dot products, register-blocked because shared-memory loads, not FMAs,
+// bound them: forward, a thread carries ROWS_PER_THREAD batch rows x all G
+// gates of one unit (G + ROWS loads per G*ROWS FMAs, against 2 per FMA
+// unblocked); backward, UNITS_PER_THREAD units of one batch row (one load of
+// d gh, from L2, per UNITS FMAs).  Each such task is summed by `lanes`
+// consecutive threads (a power of two, at most 32, as many as the block has
+// threads for), each over every lanes-th element, into shared partial sums
+// that the pointwise phase adds up.  Shared weight rows are padded by one
+// element so that the rows read by one warp fall in different banks.
 //
 // Shared memory per block (elements of T; rnnkern.backends.cuda.planner
-// computes the same sizes):
-//   forward   weights [G*U][H + 1]  row g*U + jl: W_hh[g*H + k*U + jl, :]
-//             h_prev  [B][H]
-//             partial [max(B*G*U, threads)]
-//   backward  weights [U][G*H + 1]  row jl: W_hh[:, k*U + jl]
-//             partial [max(B*U, threads)]
+// computes the same sizes), with B' = B rounded up to ROWS_PER_THREAD and
+// U' = U rounded up to UNITS_PER_THREAD:
+//   forward   weights [G*U][H + 1]   row g*U + jl: W_hh[g*H + k*U + jl, :]
+//             h_prev  [B'][H]        rows from B on: zeros
+//             partial [max(B'*G*U, ROWS_PER_THREAD*G*threads)]
+//   backward  weights [U'][G*H + 1]  row jl: W_hh[:, k*U + jl] (zeros from U on)
+//             partial [max(B*U', UNITS_PER_THREAD*threads)]
 //
 // Index math: int within a step (the planner keeps B*G*H far below 2^31),
 // 64-bit for the offsets of step t in the [T, ...] arrays.
@@ -64,29 +69,16 @@ namespace cg = cooperative_groups;
 // The most threads per block the kernels are compiled for (launch bounds):
 // 255 registers a thread then still leave one block per SM room.
 constexpr int PERSISTENT_THREADS = 256;
+// The register blocking of the dot products (see above).
+constexpr int ROWS_PER_THREAD = 4;
+constexpr int UNITS_PER_THREAD = 4;
 
-// Threads summing each of `outputs` dot products: the largest power of two
-// up to 32 with outputs * lanes <= the block's threads (at least 1).
-__device__ __forceinline__ int lanes_per_output(int outputs) {
+// Threads summing each of `tasks` blocked dot products: the largest power
+// of two up to 32 with tasks * lanes <= the block's threads (at least 1).
+__device__ __forceinline__ int lanes_per_task(int tasks) {
     int lanes = 1;
-    while (lanes < 32 && outputs * lanes * 2 <= int(blockDim.x)) lanes *= 2;
+    while (lanes < 32 && tasks * lanes * 2 <= int(blockDim.x)) lanes *= 2;
     return lanes;
-}
-
-// partial[o * lanes + lane] = sum over i = lane, lane + lanes, ... < length
-// of row(o)[i] * vector(o)[i], for every output o and lane; the caller
-// synchronises the block before reading them.
-template <typename T, typename Row, typename Vector>
-__device__ __forceinline__ void partial_dot_products(T* partial, int outputs, int lanes,
-                                                     int length, Row row, Vector vector) {
-    for (int task = threadIdx.x; task < outputs * lanes; task += blockDim.x) {
-        const int o = task / lanes, lane = task - o * lanes;
-        const T* w = row(o);
-        const T* v = vector(o);
-        T sum = T(0);
-        for (int i = lane; i < length; i += lanes) sum += w[i] * v[i];
-        partial[task] = sum;
-    }
 }
 
 // The dot product o: its lanes' partial sums added.
@@ -117,9 +109,11 @@ __global__ void __launch_bounds__(PERSISTENT_THREADS) rnn_persistent_forward(
     const int first_unit = int(blockIdx.x) * U;
     const int owned = max(0, min(U, H - first_unit));
     const int row_stride = H + 1;
+    const int chunks = (B + ROWS_PER_THREAD - 1) / ROWS_PER_THREAD;
+    const int padded_rows = chunks * ROWS_PER_THREAD;               // B'
     T* weights = reinterpret_cast<T*>(dynamic_shared_memory());   // [G*U][H + 1]
-    T* h_prev = weights + G * U * row_stride;                       // [B][H]
-    T* partial = h_prev + B * H;                                    // [max(B*G*U, threads)]
+    T* h_prev = weights + G * U * row_stride;                       // [B'][H]
+    T* partial = h_prev + padded_rows * H;                          // (see the top)
 
     // The block's W_hh rows, once for the whole sequence (zero past H).
     for (int e = threadIdx.x; e < G * U * H; e += blockDim.x) {
@@ -128,8 +122,9 @@ __global__ void __launch_bounds__(PERSISTENT_THREADS) rnn_persistent_forward(
         weights[r * row_stride + i] =
             jl < owned ? w_hh[(long long)(g * H + first_unit + jl) * H + i] : T(0);
     }
-    const int outputs = B * G * U;                // o = (b*G + g)*U + jl
-    const int lanes = lanes_per_output(outputs);
+    for (int e = B * H + threadIdx.x; e < padded_rows * H; e += blockDim.x) h_prev[e] = T(0);
+    const int tasks = U * chunks;                 // (jl, chunk of batch rows)
+    const int lanes = lanes_per_task(tasks);      // output o = (b*G + g)*U + jl
     const long long state_size = (long long)B * H;
     cg::grid_group grid = cg::this_grid();
 
@@ -143,10 +138,32 @@ __global__ void __launch_bounds__(PERSISTENT_THREADS) rnn_persistent_forward(
         const T* h_read = states.at[0] + read * state_size;
         for (int e = threadIdx.x; e < B * H; e += blockDim.x) h_prev[e] = __ldcg(h_read + e);
         __syncthreads();
-        partial_dot_products(
-            partial, outputs, lanes, H,
-            [&](int o) { return weights + (o % (G * U)) * row_stride; },
-            [&](int o) { return h_prev + (o / (G * U)) * H; });
+        // gh[b, g*H + j] = W_hh[g*H + j, :] . h_{t-1}[b, :], ROWS rows x G gates a task
+        for (int task = threadIdx.x; task < tasks * lanes; task += blockDim.x) {
+            const int pair = task / lanes, lane = task - pair * lanes;
+            const int jl = pair % U, first_row = (pair / U) * ROWS_PER_THREAD;
+            T sum[G][ROWS_PER_THREAD];
+#pragma unroll
+            for (int g = 0; g < G; ++g)
+#pragma unroll
+                for (int r = 0; r < ROWS_PER_THREAD; ++r) sum[g][r] = T(0);
+            for (int i = lane; i < H; i += lanes) {
+                T w[G], h[ROWS_PER_THREAD];
+#pragma unroll
+                for (int g = 0; g < G; ++g) w[g] = weights[(g * U + jl) * row_stride + i];
+#pragma unroll
+                for (int r = 0; r < ROWS_PER_THREAD; ++r) h[r] = h_prev[(first_row + r) * H + i];
+#pragma unroll
+                for (int g = 0; g < G; ++g)
+#pragma unroll
+                    for (int r = 0; r < ROWS_PER_THREAD; ++r) sum[g][r] += w[g] * h[r];
+            }
+#pragma unroll
+            for (int g = 0; g < G; ++g)
+#pragma unroll
+                for (int r = 0; r < ROWS_PER_THREAD; ++r)
+                    partial[(((first_row + r) * G + g) * U + jl) * lanes + lane] = sum[g][r];
+        }
         __syncthreads();
 
         const T* gx_t = gx + (long long)t * B * G * H;
@@ -203,17 +220,19 @@ __global__ void __launch_bounds__(PERSISTENT_THREADS) rnn_persistent_backward(
     const int first_unit = int(blockIdx.x) * U;
     const int owned = max(0, min(U, H - first_unit));
     const int row_stride = GH + 1;
-    T* weights = reinterpret_cast<T*>(dynamic_shared_memory());   // [U][G*H + 1]
-    T* partial = weights + U * row_stride;                          // [max(B*U, threads)]
+    const int unit_chunks = (U + UNITS_PER_THREAD - 1) / UNITS_PER_THREAD;
+    const int padded_units = unit_chunks * UNITS_PER_THREAD;        // U'
+    T* weights = reinterpret_cast<T*>(dynamic_shared_memory());   // [U'][G*H + 1]
+    T* partial = weights + padded_units * row_stride;               // (see the top)
 
     // The block's W_hh columns, transposed, once for the whole sequence.
-    for (int e = threadIdx.x; e < U * GH; e += blockDim.x) {
+    for (int e = threadIdx.x; e < padded_units * GH; e += blockDim.x) {
         const int jl = e / GH, r = e - jl * GH;
         weights[jl * row_stride + r] =
             jl < owned ? w_hh[(long long)r * H + first_unit + jl] : T(0);
     }
-    const int outputs = B * U;                    // o = b*U + jl
-    const int lanes = lanes_per_output(outputs);
+    const int tasks = B * unit_chunks;            // (b, chunk of units)
+    const int lanes = lanes_per_task(tasks);      // output o = b*U' + jl
     cg::grid_group grid = cg::this_grid();
 
     // Visit k handles step t; visit `steps` only adds the last W_hh part to
@@ -223,10 +242,23 @@ __global__ void __launch_bounds__(PERSISTENT_THREADS) rnn_persistent_backward(
         if (k > 0) {           // dh_rec = dgh_{t_later} W_hh, the step visited before
             const int later = reverse ? t - 1 : t + 1;
             const T* dgh = dgates.at[D - 1] + (long long)later * B * GH;
-            partial_dot_products(
-                partial, outputs, lanes, GH,
-                [&](int o) { return weights + (o % U) * row_stride; },
-                [&](int o) { return dgh + (o / U) * GH; });
+            for (int task = threadIdx.x; task < tasks * lanes; task += blockDim.x) {
+                const int pair = task / lanes, lane = task - pair * lanes;
+                const int b = pair / unit_chunks;
+                const int first = (pair - b * unit_chunks) * UNITS_PER_THREAD;
+                T sum[UNITS_PER_THREAD];
+#pragma unroll
+                for (int u = 0; u < UNITS_PER_THREAD; ++u) sum[u] = T(0);
+                for (int r = lane; r < GH; r += lanes) {
+                    const T d = __ldcg(dgh + b * GH + r);     // every block's, through L2
+#pragma unroll
+                    for (int u = 0; u < UNITS_PER_THREAD; ++u)
+                        sum[u] += weights[(first + u) * row_stride + r] * d;
+                }
+#pragma unroll
+                for (int u = 0; u < UNITS_PER_THREAD; ++u)
+                    partial[(b * padded_units + first + u) * lanes + lane] = sum[u];
+            }
         }
         __syncthreads();
 
@@ -234,7 +266,8 @@ __global__ void __launch_bounds__(PERSISTENT_THREADS) rnn_persistent_backward(
             const int b = p / owned, jl = p - b * owned, j = first_unit + jl;
             const int e = b * H + j;
             T carried[S];
-            carried[0] = carry.at[0][e] + (k > 0 ? dot_product(partial, b * U + jl, lanes)
+            carried[0] = carry.at[0][e] + (k > 0 ? dot_product(partial, b * padded_units + jl,
+                                                               lanes)
                                                  : T(0));
 #pragma unroll
             for (int s = 1; s < S; ++s) carried[s] = carry.at[s][e];

@@ -22,10 +22,12 @@ Persistent launch: ``blocks = ceil(H / units)`` blocks of ``threads``
 threads, ``units = ceil(H / (multiprocessors * blocks_per_multiprocessor))``
 hidden units per block (all their gate rows), so every block is resident at
 once, as a grid barrier needs.  Shared memory per block, in elements of the
-dtype (the kernel's layout)::
+dtype (the kernel's layout, with B' = B rounded up to ``ROWS_PER_THREAD``
+and U' = U rounded up to ``UNITS_PER_THREAD``, the register blocking of its
+dot products)::
 
-    forward   G*U*(H + 1)  +  B*H  +  max(B*G*U, threads)
-    backward  U*(G*H + 1)  +  max(B*U, threads)
+    forward   G*U*(H + 1)  +  B'*H  +  max(B'*G*U, ROWS_PER_THREAD*G*threads)
+    backward  U'*(G*H + 1)  +  max(B*U', UNITS_PER_THREAD*threads)
 """
 
 from __future__ import annotations
@@ -36,14 +38,18 @@ import os
 
 import numpy as np
 
-__all__ = ["PATHS", "PERSISTENT_THREADS", "PERSISTENT_MAX_BATCH", "DeviceLimits", "Plan",
+__all__ = ["PATHS", "PERSISTENT_THREADS", "ROWS_PER_THREAD", "UNITS_PER_THREAD",
+           "PERSISTENT_MAX_BATCH", "DeviceLimits", "Plan",
            "EMULATED_DEVICE", "shared_bytes", "plan_direction", "use_path", "path_choice",
            "recent_plans"]
 
 #: What ``use_path`` and ``$RNNKERN_CUDA_PATH`` accept.
 PATHS = ("auto", "persistent", "step")
-#: The persistent kernels' launch bound (``PERSISTENT_THREADS`` in persistent_kernels.cu).
+#: The persistent kernels' launch bound and register blocking (the constants
+#: of the same names in persistent_kernels.cu).
 PERSISTENT_THREADS = 256
+ROWS_PER_THREAD = 4
+UNITS_PER_THREAD = 4
 #: The largest batch ``auto`` sends to the persistent kernels.  Their dot
 #: products run on CUDA cores at a few FLOPs per loaded weight; from about
 #: this batch on, a per-step cuBLAS GEMM does the same work faster than a
@@ -112,8 +118,11 @@ def shared_bytes(num_gates: int, itemsize: int, batch: int, hidden: int, units: 
                  threads: int) -> tuple:
     """Dynamic shared memory per block of the persistent kernels: ``(forward, backward)``."""
     G, B, H, U = num_gates, batch, hidden, units
-    forward = G * U * (H + 1) + B * H + max(B * G * U, threads)
-    backward = U * (G * H + 1) + max(B * U, threads)
+    padded_rows = -(-B // ROWS_PER_THREAD) * ROWS_PER_THREAD
+    padded_units = -(-U // UNITS_PER_THREAD) * UNITS_PER_THREAD
+    forward = (G * U * (H + 1) + padded_rows * H
+               + max(padded_rows * G * U, ROWS_PER_THREAD * G * threads))
+    backward = padded_units * (G * H + 1) + max(B * padded_units, UNITS_PER_THREAD * threads)
     return forward * itemsize, backward * itemsize
 
 
