@@ -218,6 +218,15 @@ def test_one_core_means_one_worker_at_batch_one_else_the_general_path():
     assert (forced.path, forced.workers) == ("small_batch", 1)
 
 
+def test_auto_trains_on_the_general_path():
+    plan = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False, training=True,
+                                  choice="auto", cores=2)
+    assert plan == planner.Plan("general", planner.TRAINING_REASON)
+    forced = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False, training=True,
+                                    choice="small_batch", cores=2)
+    assert (forced.path, forced.workers) == ("small_batch", 2)
+
+
 def test_a_small_w_hh_stays_on_the_general_path():
     plan = planner.plan_direction(CELLS["rnn_tanh"], "float32", 1, 256, projected=False,
                                   choice="auto", cores=2)
@@ -261,13 +270,13 @@ def test_forcing_is_visible_and_scoped():
     with planner.use_path("general"):
         assert planner.path_choice() == "general"
         layer(x)
-        assert planner.recent_paths()["gru float32 B=3 H=10"].describe() == "general (forced)"
+        assert planner.recent_paths()["gru float32 B=3 H=10 inference"].describe() == "general (forced)"
         with planner.use_path("small_batch", workers=1):
             layer(x)
-            plan = planner.recent_paths()["gru float32 B=3 H=10"]
+            plan = planner.recent_paths()["gru float32 B=3 H=10 inference"]
             assert (plan.path, plan.workers, plan.reason) == ("small_batch", 1, "forced")
         assert planner.path_choice() == "general"
-    assert list(planner.recent_paths())[-1] == "gru float32 B=3 H=10"     # newest last
+    assert list(planner.recent_paths())[-1] == "gru float32 B=3 H=10 inference"     # newest last
 
 
 @pytest.mark.parametrize("bad", [dict(path="fast"), dict(path="small_batch", workers=3)])
@@ -281,13 +290,13 @@ def test_the_environment_variable_forces_the_path_in_a_fresh_process():
     code = ("import numpy as np, rnnkern as rk\n"
             "from rnnkern.backends.numba import planner\n"
             "rk.GRU(2, 4, seed=0)(np.ones((3, 1, 2), np.float32))\n"
-            "print(planner.path_choice(), planner.recent_paths()['gru float32 B=1 H=4'].path)\n"
+            "print(planner.path_choice(), planner.recent_paths()['gru float32 B=1 H=4 inference'].path)\n"
             "rk.show_config()\n")
     for value in ("general", "small_batch"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=dict(os.environ, RNNKERN_CPU_PATH=value), check=True).stdout
         assert out.splitlines()[0] == f"{value} {value}"
-        assert "cpu_path" in out and "gru float32 B=1 H=4" in out
+        assert "cpu_path" in out and "gru float32 B=1 H=4 inference" in out
     bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, RNNKERN_CPU_PATH="fastest"))
     assert bad.returncode != 0 and "RNNKERN_CPU_PATH" in bad.stderr

@@ -118,7 +118,7 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
         (lambda role, shape: _workspace(role, shape, dtype))
     S = T if keep else 1                   # steps of the saved arrays (see the driver)
     w_hr = params.get("weight_hr")
-    plan = planner.plan_direction(cell, dtype, B, H, projected=w_hr is not None)
+    plan = planner.plan_direction(cell, dtype, B, H, projected=w_hr is not None, training=keep)
     gx = scratch("gx", (T, B, GH))
     blas = gemm_function(dtype)                # loads the BLAS before _blas_pools looks
     with _blas_threads_for(plan):

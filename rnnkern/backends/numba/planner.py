@@ -14,7 +14,8 @@ Two drivers run a layer-direction forward on NumPy arrays
 
 ``plan_direction`` picks one from the batch, the shapes, the dtype and the
 cores this process may use.  ``auto`` takes small_batch, with two workers,
-where all of these hold: at most ``SMALL_BATCH_MAX_BATCH`` rows; no
+where all of these hold: inference (a forward without a tape: see
+``TRAINING_REASON`` for training); at most ``SMALL_BATCH_MAX_BATCH`` rows; no
 projection (``proj_size`` needs all of ``m_t`` between steps); W_hh large
 enough for the split to pay (``SPLIT_MIN_WEIGHT_BYTES``) and half of it
 within a worker's share of its core's L2 (``WORKER_L2_SHARE`` of
@@ -47,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["PATHS", "SMALL_BATCH_MAX_BATCH", "SPLIT_MIN_WEIGHT_BYTES", "WORKER_L2_SHARE",
-           "ONE_WORKER_MAX_BATCH", "BUSY_CORE_SECONDS", "Plan", "use_path", "path_choice", "usable_cores", "l2_bytes",
+           "ONE_WORKER_MAX_BATCH", "TRAINING_REASON", "BUSY_CORE_SECONDS", "Plan", "use_path", "path_choice", "usable_cores", "l2_bytes",
            "policy", "plan_direction", "recent_paths", "report_waits"]
 
 #: What ``use_path`` and ``$RNNKERN_CPU_PATH`` accept.
@@ -65,6 +66,15 @@ SPLIT_MIN_WEIGHT_BYTES = 512 * 1024
 #: The share of a core's L2 a worker's slice of W_hh may take (beside the
 #: state, the scratch and the step's gx) for ``auto`` to pick small_batch.
 WORKER_L2_SHARE = 0.75
+#: Why ``auto`` runs a forward that keeps a tape on the general driver.
+#: A tape is for a backward, and the backward's multi-threaded BLAS calls
+#: leave the pool's threads spinning on the second core into the next
+#: forward, where the two workers step in lockstep.  ``python -m rnnkern
+#: bench`` (T = 100, I = 128, H = 256, float32, 2-core VM) measured
+#: forward+backward with the small-batch forward at 5.34 vs 4.89 ms (LSTM,
+#: B = 1) and 19.5 vs 15.3 ms (GRU, B = 8) against the general driver.
+TRAINING_REASON = ("a tape: the backward's BLAS threads would spin on the second core in the "
+                   "next forward (forward+backward measured slower)")
 #: One worker (one usable core, or the second one found busy) runs the
 #: small-batch driver only up to this batch: measured at H = 256, float32,
 #: it beat the general driver at B = 1 (LSTM 18.8 vs 22.1 us a step, GRU
@@ -180,18 +190,20 @@ def policy() -> str:
             f"rnnkern.backends.numba.planner.use_path or ${_ENVIRONMENT}")
 
 
-_recent = {}             # (cell, dtype, batch, hidden, projected) -> Plan
+_recent = {}             # (cell, dtype, batch, hidden, projected, training) -> Plan
 _RECENT_LIMIT = 32
 
 
 def recent_paths() -> dict:
     """The plans taken in this process, newest last: ``{description of the direction: Plan}``."""
-    return {f"{cell} {dtype} B={batch} H={hidden}{' proj' if projected else ''}": plan
-            for (cell, dtype, batch, hidden, projected), plan in _recent.items()}
+    return {f"{cell} {dtype} B={batch} H={hidden}{' proj' if projected else ''} "
+            f"{'training' if training else 'inference'}": plan
+            for (cell, dtype, batch, hidden, projected, training), plan in _recent.items()}
 
 
 def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
-                   choice: str | None = None, cores: int | None = None) -> Plan:
+                   training: bool = False, choice: str | None = None,
+                   cores: int | None = None) -> Plan:
     """The driver of one layer-direction's forward of ``cell`` with a ``(batch, hidden)`` state.
 
     Parameters
@@ -201,6 +213,9 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     batch, hidden : int
     projected : bool
         Whether the direction has a projection (LSTM ``proj_size``).
+    training : bool
+        Whether the forward keeps a tape (``keep``): ``auto`` then takes the
+        general driver (see ``TRAINING_REASON``).
     choice : {"auto", "small_batch", "general"}, optional
         Default ``path_choice()``.
     cores : int, optional
@@ -214,8 +229,9 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     choice = path_choice() if choice is None else _checked_path(choice, "choice")
     workers = _forced[1] if _forced is not None else None
     cores = usable_cores() if cores is None else cores
-    plan = _plan(cell, np.dtype(dtype), batch, hidden, projected, choice, workers, cores)
-    key = (cell.name, str(np.dtype(dtype)), batch, hidden, projected)
+    plan = _plan(cell, np.dtype(dtype), batch, hidden, projected, training, choice, workers,
+                 cores)
+    key = (cell.name, str(np.dtype(dtype)), batch, hidden, projected, training)
     _recent.pop(key, None)
     _recent[key] = plan
     while len(_recent) > _RECENT_LIMIT:
@@ -223,7 +239,7 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     return plan
 
 
-def _plan(cell, dtype, batch, hidden, projected, choice, workers, cores):
+def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, cores):
     if choice == "general":
         return Plan("general", "forced")
     weight_bytes = cell.num_gates * hidden * hidden * dtype.itemsize
@@ -236,6 +252,8 @@ def _plan(cell, dtype, batch, hidden, projected, choice, workers, cores):
         why_not = "proj_size: the projection needs all of m_t between steps"
     elif choice == "small_batch":
         return Plan("small_batch", "forced", workers)
+    elif training:
+        why_not = TRAINING_REASON
     elif batch > SMALL_BATCH_MAX_BATCH:
         why_not = f"batch {batch} > {SMALL_BATCH_MAX_BATCH}: per-step GEMMs pay off"
     elif weight_bytes <= SPLIT_MIN_WEIGHT_BYTES:
