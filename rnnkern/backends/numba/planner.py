@@ -70,11 +70,14 @@ WORKER_L2_SHARE = 0.75
 #: A tape is for a backward, and the backward's multi-threaded BLAS calls
 #: leave the pool's threads spinning on the second core into the next
 #: forward, where the two workers step in lockstep.  ``python -m rnnkern
-#: bench`` (T = 100, I = 128, H = 256, float32, 2-core VM) measured
-#: forward+backward with the small-batch forward at 5.34 vs 4.89 ms (LSTM,
-#: B = 1) and 19.5 vs 15.3 ms (GRU, B = 8) against the general driver.
+#: bench`` (T = 100, I = 128, H = 256, float32, 2-core VM) gave
+#: forward+backward with the small-batch forward 5.34 vs 4.89 ms (LSTM,
+#: B = 1) and 19.5 vs 15.3 ms (GRU, B = 8) against the general driver; a
+#: later run with training back on the general driver gave 5.43 and 17.5 ms,
+#: so that gap is within the spread between runs: training shows no gain
+#: from the small-batch forward either way, and stays on the general driver.
 TRAINING_REASON = ("a tape: the backward's BLAS threads would spin on the second core in the "
-                   "next forward (forward+backward measured slower)")
+                   "next forward (forward+backward measured no faster)")
 #: One worker (one usable core, or the second one found busy) runs the
 #: small-batch driver only up to this batch: measured at H = 256, float32,
 #: it beat the general driver at B = 1 (LSTM 18.8 vs 22.1 us a step, GRU
