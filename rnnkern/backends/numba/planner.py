@@ -186,8 +186,8 @@ def _worker_weight_bytes() -> int:
 
 def policy() -> str:
     """What ``auto`` does on this machine, in words (for ``rnnkern.show_config``)."""
-    return (f"small-batch driver up to batch {SMALL_BATCH_MAX_BATCH} where W_hh is over "
-            f"{SPLIT_MIN_WEIGHT_BYTES // 1024} KiB and half of it fits "
+    return (f"small-batch driver for inference up to batch {SMALL_BATCH_MAX_BATCH} where W_hh "
+            f"is over {SPLIT_MIN_WEIGHT_BYTES // 1024} KiB and half of it fits "
             f"{_worker_weight_bytes() // 1024} KiB of a core's {l2_bytes() // 1024} KiB L2, on "
             f"{usable_cores()} usable core(s), else the general driver; force with "
             f"rnnkern.backends.numba.planner.use_path or ${_ENVIRONMENT}")
