@@ -270,7 +270,8 @@ def test_forcing_is_visible_and_scoped():
     with planner.use_path("general"):
         assert planner.path_choice() == "general"
         layer(x)
-        assert planner.recent_paths()["gru float32 B=3 H=10 inference"].describe() == "general (forced)"
+        plan = planner.recent_paths()["gru float32 B=3 H=10 inference"]
+        assert plan.describe() == "general (forced)"
         with planner.use_path("small_batch", workers=1):
             layer(x)
             plan = planner.recent_paths()["gru float32 B=3 H=10 inference"]
@@ -290,7 +291,8 @@ def test_the_environment_variable_forces_the_path_in_a_fresh_process():
     code = ("import numpy as np, rnnkern as rk\n"
             "from rnnkern.backends.numba import planner\n"
             "rk.GRU(2, 4, seed=0)(np.ones((3, 1, 2), np.float32))\n"
-            "print(planner.path_choice(), planner.recent_paths()['gru float32 B=1 H=4 inference'].path)\n"
+            "plan = planner.recent_paths()['gru float32 B=1 H=4 inference']\n"
+            "print(planner.path_choice(), plan.path)\n"
             "rk.show_config()\n")
     for value in ("general", "small_batch"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -19,8 +19,8 @@ where all of these hold: inference (a forward without a tape: see
 projection (``proj_size`` needs all of ``m_t`` between steps); W_hh large
 enough for the split to pay (``SPLIT_MIN_WEIGHT_BYTES``) and half of it
 within a worker's share of its core's L2 (``WORKER_L2_SHARE`` of
-``l2_bytes()``, read from sysfs); two usable cores; and no recent two-worker run found the second core busy
-(``report_waits``: the workers step in lockstep, so a core taken by another
+``l2_bytes()``, read from sysfs); two usable cores; and no recent
+two-worker run found the second core busy (``report_waits``: the workers step in lockstep, so a core taken by another
 process or by a BLAS pool's spinning threads costs a time slice a step).
 Where the second core is missing or was found busy in the last
 ``BUSY_CORE_SECONDS``, one worker runs the small-batch driver up to
@@ -48,8 +48,9 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["PATHS", "SMALL_BATCH_MAX_BATCH", "SPLIT_MIN_WEIGHT_BYTES", "WORKER_L2_SHARE",
-           "ONE_WORKER_MAX_BATCH", "TRAINING_REASON", "BUSY_CORE_SECONDS", "Plan", "use_path", "path_choice", "usable_cores", "l2_bytes",
-           "policy", "plan_direction", "recent_paths", "report_waits"]
+           "ONE_WORKER_MAX_BATCH", "TRAINING_REASON", "BUSY_CORE_SECONDS", "Plan", "use_path",
+           "path_choice", "usable_cores", "l2_bytes", "policy", "plan_direction", "recent_paths",
+           "report_waits"]
 
 #: What ``use_path`` and ``$RNNKERN_CPU_PATH`` accept.
 PATHS = ("auto", "small_batch", "general")
