@@ -9,31 +9,32 @@ Two drivers run a layer-direction forward on NumPy arrays
 - **small_batch** (``small_batch.forward_worker``): W_hh split by hidden
   units over ``workers`` OS threads (1 or 2), each worker's slice packed
   once per call and resident in its core's L2; product and rows fused per
-  step; one spin barrier a step.  Best at small batch, where the general
-  driver's per-step GEMV streams W_hh from L3 through one core.
+  step; one spin barrier a step.  Best at small batch, where a step is
+  W_hh streamed through the cores, and two cores stream it faster than the
+  general driver's per-step GEMV on one.
 
 ``plan_direction`` picks one from the batch, the shapes, the dtype and the
-cores this process may use.  ``auto`` takes small_batch, with two workers,
+cores this process may use. ``auto`` takes small_batch, with two workers,
 where all of these hold: inference (a forward without a tape: see
-``TRAINING_REASON`` for training); at most ``SMALL_BATCH_MAX_BATCH`` rows; no
-projection (``proj_size`` needs all of ``m_t`` between steps); W_hh large
+``TRAINING_REASON`` for training); at most ``SMALL_BATCH_MAX_BATCH`` rows;
+no projection (``proj_size`` needs all of ``m_t`` between steps); W_hh large
 enough for the split to pay (``SPLIT_MIN_WEIGHT_BYTES``) and half of it
 within a worker's share of its core's L2 (``WORKER_L2_SHARE`` of
-``l2_bytes()``, read from sysfs); two usable cores; and no recent
-two-worker run found the second core busy (``report_waits``: the workers step in lockstep, so a core taken by another
-process or by a BLAS pool's spinning threads costs a time slice a step).
-Where the second core is missing or was found busy in the last
-``BUSY_CORE_SECONDS``, one worker runs the small-batch driver up to
-``ONE_WORKER_MAX_BATCH`` rows (W_hh then has to fit one worker's L2
-share), the general driver above.  The fallback for a busy core is one
-worker rather than the general driver on purpose: the general driver's
-per-step BLAS calls wake the BLAS pool, whose threads then spin on the
-second core (OpenBLAS: for ~2^28 cycles after each call), and keep it busy
-for the next two-worker try; one worker calls no BLAS between steps.  The choice can be
-forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch jobs and
-benchmarks), and every plan taken is recorded for ``rnnkern.show_config()``
-(``recent_paths``).  Backward always runs the general driver (its tape is
-the same whichever forward made it).
+``l2_bytes()``, read from sysfs); two usable cores; and no recent two-worker
+run found the second core busy (``report_waits``: the workers step in
+lockstep, so a core taken by another process or by a BLAS pool's spinning
+threads costs a time slice a step). Where the second core is missing or was
+found busy in the last ``BUSY_CORE_SECONDS``, one worker runs the
+small-batch driver up to ``ONE_WORKER_MAX_BATCH`` rows (W_hh then has to fit
+one worker's L2 share), the general driver above. The fallback for a busy
+core is one worker rather than the general driver on purpose: the general
+driver's per-step BLAS calls wake the BLAS pool, whose threads then spin on
+the second core (OpenBLAS: for ~2^28 cycles after each call), and keep it
+busy for the next two-worker try; one worker calls no BLAS between steps.
+The choice can be forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch
+jobs and benchmarks), and every plan taken is recorded for
+``rnnkern.show_config()`` (``recent_paths``). Backward always runs the
+general driver (its tape is the same whichever forward made it).
 """
 
 from __future__ import annotations
