@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 
 import numpy as np
+
+from ..paths import PathSetting, PlanLog
 
 __all__ = ["PATHS", "PERSISTENT_THREADS", "ROWS_PER_THREAD", "UNITS_PER_THREAD",
            "PERSISTENT_MAX_BATCH", "DeviceLimits", "Plan",
@@ -126,7 +127,7 @@ def shared_bytes(num_gates: int, itemsize: int, batch: int, hidden: int, units: 
     return forward * itemsize, backward * itemsize
 
 
-_forced = None           # set by use_path
+_SETTING = PathSetting(PATHS, _ENVIRONMENT)
 
 
 @contextlib.contextmanager
@@ -136,35 +137,23 @@ def use_path(path: str):
     Forcing ``"persistent"`` where it cannot run (a projection, or more than
     fits on chip) raises ValueError at the layer call instead of falling back.
     """
-    global _forced
-    previous, _forced = _forced, _checked_path(path, "path")
-    try:
+    with _SETTING.forced(path):
         yield
-    finally:
-        _forced = previous
 
 
 def path_choice() -> str:
     """The path asked for now: ``use_path``'s, else ``$RNNKERN_CUDA_PATH``'s, else ``"auto"``."""
-    if _forced is not None:
-        return _forced
-    return _checked_path(os.environ.get(_ENVIRONMENT, "auto"), f"${_ENVIRONMENT}")
+    return _SETTING.choice()
 
 
-def _checked_path(path, name):
-    if path not in PATHS:
-        raise ValueError(f"{name}: expected one of {PATHS}, got {path!r}")
-    return path
-
-
-_recent = {}             # (cell, dtype, batch, hidden, projected, device) -> Plan
-_RECENT_LIMIT = 32
+# (cell, dtype, batch, hidden, projected, device) -> Plan
+_RECENT = PlanLog(lambda key: (f"{key[0]} {key[1]} B={key[2]} H={key[3]}"
+                               f"{' proj' if key[4] else ''} on {key[5]}"))
 
 
 def recent_plans() -> dict:
     """The plans taken in this process, newest last: ``{description of the direction: Plan}``."""
-    return {f"{cell} {dtype} B={batch} H={hidden}{' proj' if projected else ''} on {device}":
-            plan for (cell, dtype, batch, hidden, projected, device), plan in _recent.items()}
+    return _RECENT.described()
 
 
 def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
@@ -187,13 +176,10 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     ValueError
         If ``"persistent"`` is forced where it cannot run.
     """
-    choice = path_choice() if choice is None else _checked_path(choice, "choice")
+    choice = path_choice() if choice is None else _SETTING.checked(choice, "choice")
     plan = _plan(cell, np.dtype(dtype), batch, hidden, projected, limits, choice)
-    key = (cell.name, str(np.dtype(dtype)), batch, hidden, projected, limits.name)
-    _recent.pop(key, None)
-    _recent[key] = plan
-    while len(_recent) > _RECENT_LIMIT:
-        _recent.pop(next(iter(_recent)))
+    _RECENT.record((cell.name, str(np.dtype(dtype)), batch, hidden, projected, limits.name),
+                   plan)
     return plan
 
 

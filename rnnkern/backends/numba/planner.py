@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import PathSetting, PlanLog
+
 __all__ = ["PATHS", "SMALL_BATCH_MAX_BATCH", "SPLIT_MIN_WEIGHT_BYTES", "WORKER_L2_SHARE",
            "ONE_WORKER_MAX_BATCH", "TRAINING_REASON", "BUSY_CORE_SECONDS", "Plan", "use_path",
            "path_choice", "usable_cores", "l2_bytes", "policy", "plan_direction", "recent_paths",
@@ -107,7 +109,7 @@ class Plan:
         return f"general ({self.reason})"
 
 
-_forced = None           # (path, workers) set by use_path
+_SETTING = PathSetting(PATHS, _ENVIRONMENT)
 
 
 @contextlib.contextmanager
@@ -119,27 +121,15 @@ def use_path(path: str, *, workers: int | None = None):
     Forcing ``"small_batch"`` where it cannot run (a projection) raises
     ValueError at the layer call instead of falling back.
     """
-    global _forced
     if workers is not None and workers not in (1, 2):
         raise ValueError(f"workers: expected 1, 2 or None, got {workers!r}")
-    previous, _forced = _forced, (_checked_path(path, "path"), workers)
-    try:
+    with _SETTING.forced(path, workers=workers):
         yield
-    finally:
-        _forced = previous
 
 
 def path_choice() -> str:
     """The path asked for now: ``use_path``'s, else ``$RNNKERN_CPU_PATH``'s, else ``"auto"``."""
-    if _forced is not None:
-        return _forced[0]
-    return _checked_path(os.environ.get(_ENVIRONMENT, "auto"), f"${_ENVIRONMENT}")
-
-
-def _checked_path(path, name):
-    if path not in PATHS:
-        raise ValueError(f"{name}: expected one of {PATHS}, got {path!r}")
-    return path
+    return _SETTING.choice()
 
 
 def usable_cores() -> int:
@@ -195,15 +185,15 @@ def policy() -> str:
             f"rnnkern.backends.numba.planner.use_path or ${_ENVIRONMENT}")
 
 
-_recent = {}             # (cell, dtype, batch, hidden, projected, training) -> Plan
-_RECENT_LIMIT = 32
+# (cell, dtype, batch, hidden, projected, training) -> Plan
+_RECENT = PlanLog(lambda key: (f"{key[0]} {key[1]} B={key[2]} H={key[3]}"
+                               f"{' proj' if key[4] else ''} "
+                               f"{'training' if key[5] else 'inference'}"))
 
 
 def recent_paths() -> dict:
     """The plans taken in this process, newest last: ``{description of the direction: Plan}``."""
-    return {f"{cell} {dtype} B={batch} H={hidden}{' proj' if projected else ''} "
-            f"{'training' if training else 'inference'}": plan
-            for (cell, dtype, batch, hidden, projected, training), plan in _recent.items()}
+    return _RECENT.described()
 
 
 def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
@@ -231,16 +221,12 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     ValueError
         If ``"small_batch"`` is forced where it cannot run.
     """
-    choice = path_choice() if choice is None else _checked_path(choice, "choice")
-    workers = _forced[1] if _forced is not None else None
+    choice = path_choice() if choice is None else _SETTING.checked(choice, "choice")
+    workers = _SETTING.forced_options().get("workers")
     cores = usable_cores() if cores is None else cores
     plan = _plan(cell, np.dtype(dtype), batch, hidden, projected, training, choice, workers,
                  cores)
-    key = (cell.name, str(np.dtype(dtype)), batch, hidden, projected, training)
-    _recent.pop(key, None)
-    _recent[key] = plan
-    while len(_recent) > _RECENT_LIMIT:
-        _recent.pop(next(iter(_recent)))
+    _RECENT.record((cell.name, str(np.dtype(dtype)), batch, hidden, projected, training), plan)
     return plan
 
 
