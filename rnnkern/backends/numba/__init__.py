@@ -7,13 +7,16 @@ Per layer-direction (contract in ``rnnkern.backends``)::
     backward  drivers.backward_sequence           per step: the cell's fused rows + dgh @ W_hh
               weight_gradients                     dW_ih, dW_hh, db, dx: GEMMs over all T*B rows
 
-Inference (``keep=False``) keeps nothing: no state history, and the cell's
-saved arrays get ONE step, a scratch slot the rows rewrite (see
-``drivers.forward_sequence``).  Its scratch arrays (``gx``, ``gh``, the saved
-slot, the projection's) come from a per-thread cache (:func:`_workspace`), so
-a repeated ``layer(x)`` allocates little beyond ``y`` and the states; none of
-them escapes to the caller or to a tape.  W_hh^T and W_hr^T are still copied
-per call (into cached buffers for inference): see :func:`_transposed_copy`.
+Scratch that no caller sees again comes from a per-thread cache
+(:func:`_workspace`), in training as in inference: ``gx``, ``gh``, the
+copies of W_hh^T and W_hr^T (:func:`_transposed_copy`), the backward's gate
+gradients ``dgx``/``dgh`` and its per-step buffers; fresh arrays of that
+size cost their first-touch page faults on every call.  What the tape keeps
+(states, saved gates, ``m``) is fresh in training.  Inference
+(``keep=False``) keeps nothing: no state history, and the cell's saved
+arrays get ONE step, a scratch slot the rows rewrite (see
+``drivers.forward_sequence``), from the cache too, so a repeated
+``layer(x)`` allocates little beyond ``y`` and the states.
 
 Small batches (``planner``) run the forward through
 ``small_batch.forward_worker`` instead of ``drivers.forward_sequence``: W_hh
@@ -112,10 +115,12 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     GH, P = w_hh.shape
     H = w_ih.shape[0] // cell.num_gates
     dtype = x.dtype
-    # training allocates afresh (the tape keeps history, saved, m); inference
-    # keeps nothing and takes its scratch from this thread's cache
-    scratch = (lambda role, shape: np.empty(shape, dtype)) if keep else \
-        (lambda role, shape: _workspace(role, shape, dtype))
+    # What no caller sees again (gx, gh, W_hh^T, the projection's scratch) comes
+    # from this thread's cache, in training too: fresh arrays of this size cost
+    # their page faults on every call.  What the tape keeps (saved, m) is fresh
+    # in training; inference keeps nothing and takes it from the cache as well.
+    scratch = lambda role, shape: _workspace(role, shape, dtype)      # noqa: E731
+    kept = (lambda role, shape: np.empty(shape, dtype)) if keep else scratch
     S = T if keep else 1                   # steps of the saved arrays (see the driver)
     w_hr = params.get("weight_hr")
     plan = planner.plan_direction(cell, dtype, B, H, projected=w_hr is not None, training=keep)
@@ -128,13 +133,13 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     state = tuple(_own_copy(s, dtype) for s in state)
     y = np.empty((T, B, P), dtype)
     history = tuple(np.empty(((T if keep else 0),) + s.shape, dtype) for s in state)
-    saved = tuple(scratch(f"saved{k}", (S, B, s.width * H)) for k, s in enumerate(cell.saved))
+    saved = tuple(kept(f"saved{k}", (S, B, s.width * H)) for k, s in enumerate(cell.saved))
     if w_hr is None:
         projection = (_NONE_2D[dtype], state, y, _NONE_2D[dtype])
     else:                        # the rows write m_t = o tanh(c_t); the driver projects it
         m = np.zeros((B, H), dtype)
         projection = (_transposed_copy(w_hr, scratch, "w_hr_t"), (m,) + state[1:],
-                      scratch("m", (S, B, H)), scratch("projected", (B, P)))
+                      kept("m", (S, B, H)), scratch("projected", (B, P)))
     if plan.path == "small_batch":
         _small_batch_forward(cell, plan.workers, gx, w_hh, params["bias_hh"], lengths, reverse,
                              keep, state, y, history, saved)
@@ -359,8 +364,9 @@ def backward_direction(cell, dy, dstate_n, tape):
     H = w_ih.shape[0] // cell.num_gates
     dtype = x.dtype
     carry = tuple(_own_copy(d, dtype) for d in dstate_n)
-    dgx = np.empty((T, B, GH), dtype)
-    dgh = np.empty((T, B, GH), dtype) if "dgh" in cell.step_gradients else dgx
+    # the gate gradients and the scratch end with this call: this thread's cache
+    dgx = _workspace("dgx", (T, B, GH), dtype)
+    dgh = _workspace("dgh", (T, B, GH), dtype) if "dgh" in cell.step_gradients else dgx
     dy = np.ascontiguousarray(dy)
     w_hr = tape["w_hr"]
     if w_hr is None:
@@ -368,11 +374,11 @@ def backward_direction(cell, dy, dstate_n, tape):
     else:                        # the rows see dm = dh W_hr; dy is already in it
         projection = (np.ascontiguousarray(w_hr), (np.empty((B, H), dtype),) + carry[1:],
                       np.broadcast_to(np.zeros((1, 1, H), dtype), (T, B, H)),
-                      np.empty((T, B, P), dtype))
+                      _workspace("dh_projected", (T, B, P), dtype))
     drivers.backward_sequence(
         drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), dy,
         np.ascontiguousarray(w_hh), tape["lengths"], tape["reverse"], history, tape["saved"],
-        carry, dgx, dgh, np.empty((B, P), dtype), *projection)
+        carry, dgx, dgh, _workspace("dh_recurrent", (B, P), dtype), *projection)
     dx, grads = weight_gradients(np, _matmul, _rows(x), _rows(history[0]), _rows(dgx),
                                  _rows(dgh), w_ih)
     if w_hr is not None:         # dW_hr = sum_t dh_t^T m_t
