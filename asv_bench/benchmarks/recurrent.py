@@ -165,3 +165,33 @@ class CpuPathTime:
 
     def time_forward_backward(self, cell, dtype, shape, path):
         self.workload.forward_backward()
+
+
+class GpuPathTime:
+    """Inference and forward+backward on CuPy arrays with the CUDA path forced
+    (``rnnkern.backends.cuda.planner.use_path``): the persistent kernels (one cooperative
+    launch a direction) beside the step path (a graph of per-step GEMMs and kernels), at
+    the batches the persistent kernels take.  Skipped without a GPU."""
+
+    params = [CELLS, DTYPES, SHAPES, ["persistent", "step"]]
+    param_names = ["cell", "dtype", "shape", "path"]
+    timeout = 300
+
+    def setup(self, cell, dtype, shape, path):
+        from rnnkern.backends.cuda import planner
+
+        skip_unless_runnable("cupy", shape)
+        if parse_shape(shape).B > planner.PERSISTENT_MAX_BATCH:
+            raise NotImplementedError(f"batch of {shape} is above the persistent kernels' range")
+        self.forced = planner.use_path(path)
+        self.forced.__enter__()                 # left in teardown
+        self.workload = warm_workload(cell, "cupy", dtype, shape)
+
+    def teardown(self, cell, dtype, shape, path):
+        self.forced.__exit__(None, None, None)
+
+    def time_inference(self, cell, dtype, shape, path):
+        self.workload.forward_no_grad()
+
+    def time_forward_backward(self, cell, dtype, shape, path):
+        self.workload.forward_backward()
