@@ -7,14 +7,12 @@ the kernels AND the code that drives them, against the oracles, the NumPy
 path and the array-API cell steps.
 """
 
-import functools
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -25,8 +23,7 @@ from cuda_parity import (LAYER_CASES, STEP_LAUNCHES, STEP_SEEDS, STEP_SHAPES,
                          assert_results_close, check_layer_parity, check_step_kernels, run_layer,
                          to_numpy)
 from rnnkern.backends.cuda import modules, planner
-from rnnkern.backends.cuda.driver import (backward_direction_with, forward_direction_with,
-                                          forward_step_arguments)
+from rnnkern.backends.cuda.driver import backend_with, forward_step_arguments
 from rnnkern.backends.cuda.emulation import (EmulatedLauncher, build_library, emulated_backend,
                                              fma_flags)
 from rnnkern.backends.cuda.modules import CudaKernelError, elementwise_launch, kernel_name
@@ -95,10 +92,7 @@ def test_layer_runs_the_64_bit_kernels_where_indices_exceed_the_limit(cell, monk
     run_kernel = launcher._launch           # what runs, launched or replayed in a graph
     monkeypatch.setattr(launcher, "_launch", lambda name, *rest: (launched.append(name),
                                                                   run_kernel(name, *rest))[1])
-    backend = types.SimpleNamespace(
-        __name__="emulated CUDA backend",
-        forward_direction=functools.partial(forward_direction_with, launcher),
-        backward_direction=functools.partial(backward_direction_with, launcher))
+    backend = backend_with(launcher)
     layer = make_layer(cell, 3, 6, 1, bidirectional=True, dtype="float64", seed=2)
     x = np.random.default_rng(2).standard_normal((4, 5, 3))
     dy = np.ones((4, 5, 12))

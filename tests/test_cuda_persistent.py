@@ -12,7 +12,6 @@ import functools
 import os
 import shlex
 import shutil
-import types
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ import rnnkern.recurrent
 from conftest import make_layer
 from cuda_parity import LAYER_CASES, check_layer_parity, run_layer
 from rnnkern.backends.cuda import planner
-from rnnkern.backends.cuda.driver import backward_direction_with, forward_direction_with
+from rnnkern.backends.cuda.driver import backend_with
 from rnnkern.backends.cuda.emulation import SCHEDULES, EmulatedLauncher
 from rnnkern.cells import CELLS, cell_for
 
@@ -35,11 +34,8 @@ pytestmark = [
 
 @functools.cache
 def backend_of(launcher):
-    """The CUDA backend's orchestration on ``launcher`` (the backend contract)."""
-    return types.SimpleNamespace(
-        __name__="emulated CUDA backend",
-        forward_direction=functools.partial(forward_direction_with, launcher),
-        backward_direction=functools.partial(backward_direction_with, launcher))
+    """The CUDA backend's orchestration on ``launcher``, one per launcher."""
+    return backend_with(launcher)
 
 
 @functools.cache

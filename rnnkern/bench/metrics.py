@@ -271,19 +271,6 @@ def _numba_metrics(cell, shape, dtype):
 
 # ---------------------------------------------------------------------- cuda
 
-def counting_backend(launcher):
-    """A backend (``forward_direction``, ``backward_direction``) on ``launcher``,
-    whose ``counts`` then count the host calls of every direction run."""
-    import functools
-
-    from ..backends.cuda.driver import backward_direction_with, forward_direction_with
-
-    return types.SimpleNamespace(
-        __name__=f"{__name__}.counting_backend",
-        forward_direction=functools.partial(forward_direction_with, launcher),
-        backward_direction=functools.partial(backward_direction_with, launcher))
-
-
 @contextlib.contextmanager
 def emulated_cuda_layers(backend):
     """Within the block, layers given NumPy arrays run on ``backend`` (the CUDA orchestration).
@@ -298,6 +285,7 @@ def emulated_cuda_layers(backend):
 
 
 def _emulated_cuda_metrics(cell, shape, dtype, path):
+    from ..backends.cuda.driver import backend_with
     from ..backends.cuda.emulation import EmulatedLauncher
     from ..backends.cuda.planner import use_path
 
@@ -305,7 +293,7 @@ def _emulated_cuda_metrics(cell, shape, dtype, path):
     layer = make_layer(cell, shape, dtype, "cpu", seed=0)
     x, dy = _seeded_input(shape, dtype)
     out = {}
-    with emulated_cuda_layers(counting_backend(launcher)), use_path(path):
+    with emulated_cuda_layers(backend_with(launcher)), use_path(path):
         _run_pass(layer, x, dy, "forward_backward")      # builds / loads the host library
         for name in PASSES:
             launcher.counts.clear()

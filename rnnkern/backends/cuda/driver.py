@@ -37,6 +37,9 @@ count the same launches.
 
 from __future__ import annotations
 
+import functools
+import types
+
 import numpy as np
 
 from .. import int32_lengths, time_order, weight_gradients
@@ -44,8 +47,21 @@ from .modules import (check_launch, elementwise_launch, index_type, kernel_name,
                       persistent_kernel_name)
 from .planner import plan_direction
 
-__all__ = ["forward_direction_with", "backward_direction_with", "forward_step_arguments",
+__all__ = ["forward_direction_with", "backward_direction_with", "backend_with", "forward_step_arguments",
            "backward_step_arguments", "step_launch"]
+
+
+def backend_with(launcher, name=None):
+    """This orchestration on ``launcher`` as a backend (``forward_direction``,
+    ``backward_direction`` of the contract in ``rnnkern.backends``).
+
+    The emulated backend, the metrics' counting runs and the tests use it;
+    ``launcher.counts`` then counts the host calls of every direction run.
+    """
+    return types.SimpleNamespace(
+        __name__=name or f"{__name__}.backend_with({type(launcher).__name__})",
+        forward_direction=functools.partial(forward_direction_with, launcher),
+        backward_direction=functools.partial(backward_direction_with, launcher))
 
 
 def forward_step_arguments(state_next, y_t, saved_t, gx_t, gh, b_hh, state_prev, lengths, t,

@@ -57,12 +57,11 @@ import re
 import shlex
 import subprocess
 import tempfile
-import types
 from pathlib import Path
 
 import numpy as np
 
-from .driver import backward_direction_with, forward_direction_with
+from .driver import backend_with
 from .launchers import Launcher
 from .modules import (KERNEL_SOURCES, CudaKernelError, check_launch, compile_options,
                       inline_file, module_code, source_of)
@@ -502,8 +501,4 @@ def emulated_backend(schedule="forward"):
 
 @functools.cache
 def _emulated_backend(schedule):
-    launcher = EmulatedLauncher(schedule)
-    return types.SimpleNamespace(
-        __name__=f"{__name__}.emulated_backend",
-        forward_direction=functools.partial(forward_direction_with, launcher),
-        backward_direction=functools.partial(backward_direction_with, launcher))
+    return backend_with(EmulatedLauncher(schedule), f"{__name__}.emulated_backend")
