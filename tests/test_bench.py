@@ -45,9 +45,12 @@ def _benchmark_methods(cls):
 
 
 BENCHMARK_MODULES = _load_benchmark_modules()
+# as asv discovers them: public classes of the module with benchmark methods
+# (a private base such as _ForcedPathTime is not a benchmark)
 BENCHMARK_CLASSES = [cls for module in BENCHMARK_MODULES
-                     for _, cls in inspect.getmembers(module, inspect.isclass)
-                     if cls.__module__ == module.__name__ and _benchmark_methods(cls)]
+                     for name, cls in inspect.getmembers(module, inspect.isclass)
+                     if cls.__module__ == module.__name__ and not name.startswith("_")
+                     and _benchmark_methods(cls)]
 
 
 def _cases():

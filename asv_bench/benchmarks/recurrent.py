@@ -19,6 +19,8 @@ idle (a device synchronize ends every call).  ``setup`` makes one warm-up call s
 compilation stay out of the timings; :class:`FirstCall` measures them.
 """
 
+import importlib
+
 from rnnkern.bench.shapes import CELLS, DTYPES, all_shapes, parse_shape, shapes_for
 from rnnkern.bench.workers import first_call_seconds
 from rnnkern.bench.workloads import RnnkernWorkload
@@ -138,60 +140,47 @@ class FirstCall:
         return first_call_seconds(cell, dtype, DEVICE_OF_BACKEND[backend], cached=True)
 
 
-class CpuPathTime:
-    """Inference and forward+backward on NumPy arrays at small batch with the CPU path
-    forced (``rnnkern.backends.numba.planner.use_path``): the small-batch driver (W_hh
-    split over the cores, resident in L2) beside the general one (a BLAS call per step)."""
+class _ForcedPathTime:
+    """Inference and forward+backward with a backend's path forced by its planner's
+    ``use_path``; subclasses name the backend and the planner's batch limit."""
+
+    backend = planner_module = max_batch_name = None     # set by subclasses
+    param_names = ["cell", "dtype", "shape", "path"]
+    timeout = 300
+
+    def setup(self, cell, dtype, shape, path):
+        planner = importlib.import_module(self.planner_module)
+        skip_unless_runnable(self.backend, shape)
+        if parse_shape(shape).B > getattr(planner, self.max_batch_name):
+            raise NotImplementedError(f"batch of {shape} is above the {path} path's range")
+        self.forced = planner.use_path(path)
+        self.forced.__enter__()                 # left in teardown
+        self.workload = warm_workload(cell, self.backend, dtype, shape)
+
+    def teardown(self, cell, dtype, shape, path):
+        self.forced.__exit__(None, None, None)
+
+    def time_inference(self, cell, dtype, shape, path):
+        self.workload.forward_no_grad()
+
+    def time_forward_backward(self, cell, dtype, shape, path):
+        self.workload.forward_backward()
+
+
+class CpuPathTime(_ForcedPathTime):
+    """NumPy arrays at small batch: the small-batch driver (W_hh split over the cores,
+    resident in L2) beside the general one (a BLAS call per step)."""
 
     params = [CELLS, DTYPES, SHAPES, ["small_batch", "general"]]
-    param_names = ["cell", "dtype", "shape", "path"]
-    timeout = 300
-
-    def setup(self, cell, dtype, shape, path):
-        from rnnkern.backends.numba import planner
-
-        skip_unless_runnable("numpy", shape)
-        if parse_shape(shape).B > planner.SMALL_BATCH_MAX_BATCH:
-            raise NotImplementedError(f"batch of {shape} is above the small-batch range")
-        self.forced = planner.use_path(path)
-        self.forced.__enter__()                 # left in teardown
-        self.workload = warm_workload(cell, "numpy", dtype, shape)
-
-    def teardown(self, cell, dtype, shape, path):
-        self.forced.__exit__(None, None, None)
-
-    def time_inference(self, cell, dtype, shape, path):
-        self.workload.forward_no_grad()
-
-    def time_forward_backward(self, cell, dtype, shape, path):
-        self.workload.forward_backward()
+    backend, planner_module = "numpy", "rnnkern.backends.numba.planner"
+    max_batch_name = "SMALL_BATCH_MAX_BATCH"
 
 
-class GpuPathTime:
-    """Inference and forward+backward on CuPy arrays with the CUDA path forced
-    (``rnnkern.backends.cuda.planner.use_path``): the persistent kernels (one cooperative
-    launch a direction) beside the step path (a graph of per-step GEMMs and kernels), at
-    the batches the persistent kernels take.  Skipped without a GPU."""
+class GpuPathTime(_ForcedPathTime):
+    """CuPy arrays: the persistent kernels (one cooperative launch a direction) beside the
+    step path (a graph of per-step GEMMs and kernels), at the batches the persistent
+    kernels take.  Skipped without a GPU."""
 
     params = [CELLS, DTYPES, SHAPES, ["persistent", "step"]]
-    param_names = ["cell", "dtype", "shape", "path"]
-    timeout = 300
-
-    def setup(self, cell, dtype, shape, path):
-        from rnnkern.backends.cuda import planner
-
-        skip_unless_runnable("cupy", shape)
-        if parse_shape(shape).B > planner.PERSISTENT_MAX_BATCH:
-            raise NotImplementedError(f"batch of {shape} is above the persistent kernels' range")
-        self.forced = planner.use_path(path)
-        self.forced.__enter__()                 # left in teardown
-        self.workload = warm_workload(cell, "cupy", dtype, shape)
-
-    def teardown(self, cell, dtype, shape, path):
-        self.forced.__exit__(None, None, None)
-
-    def time_inference(self, cell, dtype, shape, path):
-        self.workload.forward_no_grad()
-
-    def time_forward_backward(self, cell, dtype, shape, path):
-        self.workload.forward_backward()
+    backend, planner_module = "cupy", "rnnkern.backends.cuda.planner"
+    max_batch_name = "PERSISTENT_MAX_BATCH"
