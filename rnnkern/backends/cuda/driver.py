@@ -236,7 +236,9 @@ def _forward_steps(launcher, cell, buffers, w_hh, w_hr, schedule, reverse, keep)
         return _enqueue_forward_steps(launcher, cell, loop, schedule, keep, w_hr)
     key = ("forward", cell.name, str(loop["gx"].dtype), _device_of(loop["gx"]), T, B, GH,
            w_hh.shape[1], reverse, keep)
-    _as_graph(launcher, key, loop, inputs=("gx", "b_hh", "lengths", "w_hh_t", "states"),
+    initial = schedule[0][1]                     # the slot the first step reads
+    _as_graph(launcher, key, loop,
+              inputs=("gx", "b_hh", "lengths", "w_hh_t", ("states", initial)),
               outputs=("states", "y", "saved") if keep else ("states", "y"),
               enqueue=lambda on: _enqueue_forward_steps(launcher, cell, on, schedule, keep))
     return None
@@ -296,10 +298,11 @@ def _as_graph(launcher, key, buffers, inputs, outputs, enqueue):
     key owns a workspace: one buffer like each of ``buffers`` (arrays, or
     tuples of arrays), created with the graph and kept with it in
     ``launcher.graphs``.  Per call: ``inputs`` are copied into the
-    workspace, the graph is replayed, ``outputs`` are copied out into
-    ``buffers`` (fresh arrays of this call, which may escape to the caller
-    and the tape).  Copies are device-side and cost far less than the
-    per-step host calls they save.
+    workspace (a name, or ``(name, k)`` for element ``k`` of each array,
+    e.g. the states' initial slot), the graph is replayed, ``outputs`` are
+    copied out into ``buffers`` (fresh arrays of this call, which may escape
+    to the caller and the tape).  Copies are device-side and cost far less
+    than the per-step host calls they save.
     """
     xp = launcher.xp
     entry = launcher.graphs.get(key)
@@ -308,8 +311,9 @@ def _as_graph(launcher, key, buffers, inputs, outputs, enqueue):
         entry = (launcher.capture(lambda: enqueue(workspace)), workspace)
         launcher.graphs.put(key, entry)
     graph, workspace = entry
-    for name in inputs:
-        _copy(xp, workspace[name], buffers[name])
+    for entry_name in inputs:
+        name, index = entry_name if isinstance(entry_name, tuple) else (entry_name, ...)
+        _copy(xp, workspace[name], buffers[name], index)
     launcher.replay(graph)
     for name in outputs:
         _copy(xp, buffers[name], workspace[name])
@@ -321,12 +325,13 @@ def _like(xp, buffer):
     return xp.empty(buffer.shape, dtype=buffer.dtype)
 
 
-def _copy(xp, destination, source):
+def _copy(xp, destination, source, index=...):
+    """``destination[index] = source[index]`` for an array or each of a tuple's."""
     if isinstance(destination, tuple):
         for d, s in zip(destination, source, strict=True):
-            _copy(xp, d, s)
+            _copy(xp, d, s, index)
     else:
-        xp.copyto(destination, source)
+        xp.copyto(destination[index], source[index])
 
 
 def backward_direction_with(launcher, cell, dy, dstate_n, tape):
