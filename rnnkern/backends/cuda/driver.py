@@ -442,6 +442,7 @@ def _enqueue_backward_steps(launcher, cell, loop, reverse, w_hr=None):
         dm = xp.empty((B, H), dtype=dtype)
         zeros_h = xp.zeros((B, H), dtype=dtype)        # dy_t, dh_recurrent, h_{t-1} for the kernel
         unused_dm_prev = xp.empty((B, H), dtype=dtype)
+        carried = xp.empty((B, P), dtype=dtype)          # dh_t before dy_t, every step
         active, inactive = _step_masks(xp, lengths, T, dtype)
 
     name, grid, block = step_launch(cell, "backward", dtype, B, H)
@@ -451,8 +452,9 @@ def _enqueue_backward_steps(launcher, cell, loop, reverse, w_hr=None):
         if w_hr is None:
             state_prev, dy_t, recurrent = [s[t] for s in history], dy[t], dh_recurrent
         else:                    # dh_t = dh (carried, + through W_hh) + dy_t, where active
-            carried = dstate[0] + dh_recurrent
-            xp.multiply(carried + dy[t], active[t], out=dh_projected[t])
+            xp.add(dstate[0], dh_recurrent, out=carried)
+            xp.add(carried, dy[t], out=dh_projected[t])
+            xp.multiply(dh_projected[t], active[t], out=dh_projected[t])
             launcher.matmul(dh_projected[t], w_hr, out=dm)   # dm = dh_t W_hr
             xp.multiply(carried, inactive[t], out=carry[0][write])   # inactive rows: passed on
             dstate[0], dstate_prev[0] = dm, unused_dm_prev
