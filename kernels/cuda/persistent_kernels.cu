@@ -188,14 +188,8 @@ __global__ void __launch_bounds__(PERSISTENT_THREADS) rnn_persistent_forward(
             for (int s = 0; s < S; ++s)
                 states.at[s][write * state_size + e] = active ? state_new[s] : state[s];
             y[t * state_size + e] = active ? state_new[0] : T(0);
-#pragma unroll
-            for (int s = 0; s < Saved::count; ++s) {
-                const int width = Saved::width(s);
-                T* row = saved.at[s] + (step * B + b) * width * H + j;   // row b of step t
-#pragma unroll
-                for (int m = 0; m < width; ++m)
-                    row[m * H] = active ? kept[Saved::offset(s) + m] : T(0);
-            }
+            store_saved_row<Saved>(saved, step * B + b, (long long)H, (long long)j, kept,
+                                   active);                         // row b of step t
         }
         grid.sync();                              // h_t of every unit written
     }
@@ -285,14 +279,7 @@ __global__ void __launch_bounds__(PERSISTENT_THREADS) rnn_persistent_backward(
                     state[s] = read_only(history.at[s] + at_t * H + e);
                 }
                 into[0] += dy[at_t * H + e];      // dh = dh_carried + dy_t
-#pragma unroll
-                for (int s = 0; s < Saved::count; ++s) {
-                    const int width = Saved::width(s);
-                    const T* row = saved.at[s] + (at_t + b) * width * H + j;
-#pragma unroll
-                    for (int m = 0; m < width; ++m)
-                        kept[Saved::offset(s) + m] = read_only(row + m * H);
-                }
+                load_saved_row<Saved>(kept, saved, at_t + b, (long long)H, (long long)j);
 
                 Cell::backward(dgate, direct, into, kept, state);
 

@@ -22,3 +22,34 @@ template <typename T>
 __device__ __forceinline__ T read_only(const T* p) {
     return __ldg(p);
 }
+
+// The values a cell keeps for BPTT, at (row, j) of every saved array: array
+// s of the group is [rows, w_s*H], its value m at column m*H + j, and the
+// cell's flat saved[] holds array 0's w_0 values, then array 1's, ...
+// (Saved: the cell's SavedWidths, cell.cuh).  An inactive row stores zeros.
+template <typename Saved, typename T, typename Index>
+__device__ __forceinline__ void store_saved_row(StepArrays<T, Saved::count> saved, Index row,
+                                                Index hidden, Index j,
+                                                const T values[Saved::total], bool active) {
+#pragma unroll
+    for (int s = 0; s < Saved::count; ++s) {
+        const int width = Saved::width(s);
+        T* at = saved.at[s] + row * width * hidden + j;
+#pragma unroll
+        for (int m = 0; m < width; ++m)
+            at[m * hidden] = active ? values[Saved::offset(s) + m] : T(0);
+    }
+}
+
+template <typename Saved, typename T, typename Index>
+__device__ __forceinline__ void load_saved_row(T values[Saved::total],
+                                               StepArrays<const T, Saved::count> saved,
+                                               Index row, Index hidden, Index j) {
+#pragma unroll
+    for (int s = 0; s < Saved::count; ++s) {
+        const int width = Saved::width(s);
+        const T* at = saved.at[s] + row * width * hidden + j;
+#pragma unroll
+        for (int m = 0; m < width; ++m) values[Saved::offset(s) + m] = read_only(at + m * hidden);
+    }
+}

@@ -90,14 +90,7 @@ __global__ void rnn_forward_step(
 #pragma unroll
         for (int s = 0; s < S; ++s) state_next.at[s][e] = active ? state_new[s] : state[s];
         y_t[e] = active ? state_new[0] : T(0);
-#pragma unroll
-        for (int s = 0; s < Saved::count; ++s) {
-            const int width = Saved::width(s);
-            T* row = saved_t.at[s] + b * width * H + j;      // row b of saved array s
-#pragma unroll
-            for (int m = 0; m < width; ++m)
-                row[m * H] = active ? saved[Saved::offset(s) + m] : T(0);
-        }
+        store_saved_row<Saved>(saved_t, b, H, j, saved, active);     // row b of step t
     });
 }
 
@@ -136,14 +129,7 @@ __global__ void rnn_backward_step(
                 state[s] = read_only(state_prev.at[s] + e);
             }
             into[0] += dy_t[e];                              // dh = dh_carried + dy_t
-#pragma unroll
-            for (int s = 0; s < Saved::count; ++s) {
-                const int width = Saved::width(s);
-                const T* row = saved_t.at[s] + b * width * H + j;
-#pragma unroll
-                for (int m = 0; m < width; ++m)
-                    saved[Saved::offset(s) + m] = read_only(row + m * H);
-            }
+            load_saved_row<Saved>(saved, saved_t, b, H, j);
 
             Cell::backward(dgates, direct, into, saved, state);
 
