@@ -151,7 +151,7 @@ class _ForcedPathTime:
     def setup(self, cell, dtype, shape, path):
         planner = importlib.import_module(self.planner_module)
         skip_unless_runnable(self.backend, shape)
-        if parse_shape(shape).B > getattr(planner, self.max_batch_name):
+        if self.max_batch_name and parse_shape(shape).B > getattr(planner, self.max_batch_name):
             raise NotImplementedError(f"batch of {shape} is above the {path} path's range")
         self.forced = planner.use_path(path)
         self.forced.__enter__()                 # left in teardown
@@ -168,12 +168,12 @@ class _ForcedPathTime:
 
 
 class CpuPathTime(_ForcedPathTime):
-    """NumPy arrays at small batch: the small-batch driver (W_hh split over the cores,
-    resident in L2) beside the general one (a BLAS call per step)."""
+    """NumPy arrays: the split driver (W split by hidden units over the cores, every stage
+    on both) beside the general one (a BLAS call per step, the rows on one thread)."""
 
-    params = [CELLS, DTYPES, SHAPES, ["small_batch", "general"]]
+    params = [CELLS, DTYPES, SHAPES, ["split", "general"]]
     backend, planner_module = "numpy", "rnnkern.backends.numba.planner"
-    max_batch_name = "SMALL_BATCH_MAX_BATCH"
+    max_batch_name = None                       # the split driver takes every batch
 
 
 class GpuPathTime(_ForcedPathTime):

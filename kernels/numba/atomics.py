@@ -1,7 +1,7 @@
 """Atomics and a spin barrier for Numba threads that meet every step.
 
 Two workers (OS threads, each running a ``nogil`` Numba function over a
-whole sequence, ``small_batch.py``) meet once a step.  A barrier through
+whole sequence, ``split.py``) meet once a step.  A barrier through
 Numba's ``prange`` costs a fork and a join a step (measured on the 2-core
 development VM: 1.5 us with the OpenMP layer, 20 us with the workqueue
 layer); this one costs an atomic add and a few loads.

@@ -8,7 +8,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-from . import JIT
+from . import INLINE, JIT
 
 # ----------------------------------------------------------------------------
 # GEMM: out = a @ b, through one of two BLAS
@@ -122,41 +122,66 @@ def _gemv(address, ilp64, trans, rows, cols, matrix, lda, x, y):
 
 @nb.njit(**JIT)
 def gemm(blas, a, b, out):
-    """out = a @ b (2-D; a, b C- or F-contiguous, out C-contiguous).
+    """out = a @ b (2-D; a, b with a unit stride, out with contiguous rows; see _operand_layout).
 
     One row (M = 1) or one column (N = 1) goes to the BLAS's ``?gemv``
     (``K > 0``: a GEMV of empty vectors would leave ``out`` unwritten).
     """
     address, ilp64, gemv_address = blas
-    if address == 0:
-        np.dot(a, b, out)
+    if address == 0:                        # np.dot wants contiguous operands
+        out[:] = np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
         return
     M, K = a.shape
     N = b.shape[1]
+    item = out.itemsize
     if gemv_address != 0 and K > 0:
-        if M == 1:                          # out^T = b^T a^T; a's K values are contiguous
-            if b.flags.c_contiguous:        # b (K, N) row-major
-                _gemv(gemv_address, ilp64, _TRANS, K, N, b, max(N, 1), a, out)
-            else:                           # b.T (N, K) row-major
-                _gemv(gemv_address, ilp64, _NO_TRANS, N, K, b, max(K, 1), a, out)
+        # the vector operand and the output must be contiguous (increments of 1)
+        if M == 1 and (K == 1 or a.strides[1] == item) and (N == 1 or out.strides[1] == item):
+            trans, ld = _operand_layout(b)      # out^T = b^T a^T
+            if trans == _NO_TRANS:              # b (K, N) row-major
+                _gemv(gemv_address, ilp64, _TRANS, K, N, b, ld, a, out)
+            else:                               # b.T (N, K) row-major
+                _gemv(gemv_address, ilp64, _NO_TRANS, N, K, b, ld, a, out)
             return
-        if N == 1:                          # out = a b; b's K values are contiguous
-            if a.flags.c_contiguous:        # a (M, K) row-major
-                _gemv(gemv_address, ilp64, _NO_TRANS, M, K, a, max(K, 1), b, out)
-            else:                           # a.T (K, M) row-major
-                _gemv(gemv_address, ilp64, _TRANS, K, M, a, max(M, 1), b, out)
+        if N == 1 and (K == 1 or b.strides[0] == item) and (M == 1 or out.strides[0] == item):
+            trans, ld = _operand_layout(a)      # out = a b
+            if trans == _NO_TRANS:              # a (M, K) row-major
+                _gemv(gemv_address, ilp64, _NO_TRANS, M, K, a, ld, b, out)
+            else:                               # a.T (K, M) row-major
+                _gemv(gemv_address, ilp64, _TRANS, K, M, a, ld, b, out)
             return
-    # leading dimensions at least 1, as CBLAS demands even of empty operands
-    if a.flags.c_contiguous:
-        transa, lda = _NO_TRANS, max(K, 1)
-    else:                                   # a transposed C array: a.T is C
-        transa, lda = _TRANS, max(M, 1)
-    if b.flags.c_contiguous:
-        transb, ldb = _NO_TRANS, max(N, 1)
-    else:
-        transb, ldb = _TRANS, max(K, 1)
-    ldc = max(N, 1)
+    transa, lda = _operand_layout(a)
+    transb, ldb = _operand_layout(b)
+    ldc = _output_leading_dimension(out)
     if ilp64:
         _cblas_gemm_ilp64(address, transa, transb, M, N, K, a, lda, b, ldb, out, ldc)
     else:
         _cblas_gemm_lp64(address, transa, transb, M, N, K, a, lda, b, ldb, out, ldc)
+
+
+@nb.njit(**INLINE)
+def _operand_layout(a):
+    """(CBLAS transpose flag, leading dimension) of a 2-D operand with a unit stride.
+
+    Rows contiguous: row-major as it is; columns contiguous: the transpose of
+    a row-major matrix.  Views qualify (a block of columns of a C array, its
+    transpose), with the leading dimension read from the strides.  Leading
+    dimensions are at least 1, as CBLAS demands even of empty operands.
+    """
+    rows, cols = a.shape
+    item = a.itemsize
+    if cols <= 1 or a.strides[1] == item:
+        return _NO_TRANS, max(a.strides[0] // item if rows > 1 else cols, cols, 1)
+    if rows <= 1 or a.strides[0] == item:
+        return _TRANS, max(a.strides[1] // item if cols > 1 else rows, rows, 1)
+    raise ValueError("gemm: an operand has no unit stride")
+
+
+@nb.njit(**INLINE)
+def _output_leading_dimension(out):
+    """The leading dimension of a row-major output (C-contiguous, or a block of rows of one)."""
+    rows, cols = out.shape
+    item = out.itemsize
+    if cols > 1 and out.strides[1] != item:
+        raise ValueError("gemm: the output's rows are not contiguous")
+    return max(out.strides[0] // item if rows > 1 else cols, cols, 1)

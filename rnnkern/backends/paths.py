@@ -1,7 +1,7 @@
 """What every backend planner shares: the path asked for, and the plans taken.
 
 A backend with more than one way to run a layer-direction (the CPU's
-small-batch and general drivers, the GPU's persistent and step paths) has a
+split and general drivers, the GPU's persistent and step paths) has a
 planner that picks one per call.  The user may force a path, in code (a
 ``with`` block) or for a whole batch job (an environment variable), and
 ``rnnkern.show_config()`` shows the plans taken.  ``PathSetting`` and

@@ -18,12 +18,14 @@ arrays get ONE step, a scratch slot the rows rewrite (see
 ``drivers.forward_sequence``), from the cache too, so a repeated
 ``layer(x)`` allocates little beyond ``y`` and the states.
 
-Small batches (``planner``) run the forward through
-``small_batch.forward_worker`` instead of ``drivers.forward_sequence``: W_hh
-split by hidden units over one or two workers (the calling thread and one
-helper thread), each keeping its slice in its core's L2, the product and the
-rows fused per step, one spin barrier a step (:func:`_small_batch_forward`).
-It writes the same ``y``, states and tape as the general driver.
+Where the planner says so (``planner``: two usable cores, no projection, a
+step's product big enough) a layer-direction runs on the split path
+instead, forward and backward: ``split.forward_worker`` and
+``split.backward_worker`` on two threads (this one and a helper), W split
+by hidden units, each worker doing its share of the input projection, of
+every step (product and rows, one spin barrier a step) and of the weight
+gradients, with the BLAS on one thread per worker (:func:`_run_split`).  It
+writes the same ``y``, states, tape and gradients as the general drivers.
 
 The kernels live in ``rnnkern.kernels.numba``; ``blas`` picks the CBLAS their
 GEMMs call.
@@ -32,7 +34,6 @@ GEMMs call.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import ctypes
 import functools
 import math
@@ -41,7 +42,7 @@ import threading
 
 import numpy as np
 
-from rnnkern.kernels.numba import atomics, drivers, gemm, small_batch
+from rnnkern.kernels.numba import atomics, drivers, gemm, split, tiles
 
 from .. import int32_lengths, weight_gradients
 from . import planner
@@ -124,36 +125,50 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     S = T if keep else 1                   # steps of the saved arrays (see the driver)
     w_hr = params.get("weight_hr")
     plan = planner.plan_direction(cell, dtype, B, H, projected=w_hr is not None, training=keep)
-    gx = scratch("gx", (T, B, GH))
-    blas = gemm_function(dtype)                # loads the BLAS before _blas_pools looks
-    with _blas_threads_for(plan):
-        gemm.gemm(blas, _rows(x), np.asfortranarray(w_ih.T), gx.reshape(T * B, GH))
-    gx += params["bias_ih"]
     lengths = int32_lengths(np, lengths, B, T)
     state = tuple(_own_copy(s, dtype) for s in state)
     y = np.empty((T, B, P), dtype)
     history = tuple(np.empty(((T if keep else 0),) + s.shape, dtype) for s in state)
     saved = tuple(kept(f"saved{k}", (S, B, s.width * H)) for k, s in enumerate(cell.saved))
+    m = None
+    if plan.path == "split":
+        _run_split(split.forward_worker, cell, plan, _forward_arguments, np.ascontiguousarray(x),
+                   params, lengths, reverse, keep, state, y, history, saved)
+    else:
+        m = _general_forward(cell, x, params, lengths, reverse, keep, state, y, history, saved,
+                             scratch, kept)
+    if not keep:
+        return y, state, None
+    tape = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "lengths": lengths,
+            "reverse": reverse, "history": history, "saved": saved, "m": m}
+    return y, state, tape
+
+
+def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history, saved, scratch,
+                     kept):
+    """``drivers.forward_sequence`` after one GEMM for every step's ``x W_ih^T + b_ih``;
+    returns the projection's m_t for the tape (None without a projection)."""
+    w_hh, w_hr = params["weight_hh"], params.get("weight_hr")
+    T, B, _ = x.shape
+    GH, P = w_hh.shape
+    H = state[-1].shape[1]
+    dtype = x.dtype
+    S = T if keep else 1
+    gx = scratch("gx", (T, B, GH))
+    blas = gemm_function(dtype)
+    gemm.gemm(blas, _rows(x), np.asfortranarray(params["weight_ih"].T), gx.reshape(T * B, GH))
+    gx += params["bias_ih"]
     if w_hr is None:
         projection = (_NONE_2D[dtype], state, y, _NONE_2D[dtype])
     else:                        # the rows write m_t = o tanh(c_t); the driver projects it
         m = np.zeros((B, H), dtype)
         projection = (_transposed_copy(w_hr, scratch, "w_hr_t"), (m,) + state[1:],
                       kept("m", (S, B, H)), scratch("projected", (B, P)))
-    if plan.path == "small_batch":
-        _small_batch_forward(cell, plan.workers, gx, w_hh, params["bias_hh"], lengths, reverse,
-                             keep, state, y, history, saved)
-    else:
-        drivers.forward_sequence(
-            drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), gx,
-            _transposed_copy(w_hh, scratch, "w_hh_t"),
-            np.ascontiguousarray(params["bias_hh"]), lengths, reverse, keep, state, y, history,
-            saved, scratch("gh", (B, GH)), *projection)
-    if not keep:
-        return y, state, None
-    tape = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "lengths": lengths,
-            "reverse": reverse, "history": history, "saved": saved, "m": projection[2]}
-    return y, state, tape
+    drivers.forward_sequence(
+        drivers.CellRows(cell.kernels["numba"]), blas, gx,
+        _transposed_copy(w_hh, scratch, "w_hh_t"), np.ascontiguousarray(params["bias_hh"]),
+        lengths, reverse, keep, state, y, history, saved, scratch("gh", (B, GH)), *projection)
+    return None if w_hr is None else projection[2]
 
 
 @functools.cache
@@ -164,23 +179,8 @@ def _blas_pools():
     return ThreadpoolController().select(user_api="blas")
 
 
-def _blas_threads_for(plan):
-    """Where two small-batch workers follow, the input projection's GEMM runs on one thread.
-
-    A multi-threaded BLAS call leaves its pool's threads spinning for a
-    while after it returns (OpenBLAS: ~2^28 cycles; Intel OpenMP: 200 ms);
-    spinning on the second core, they made the two workers' lockstep steps
-    3-10x slower.  One thread for the GEMM (T*B rows, a few MFLOP at small
-    batch) costs less than that.  (Process-wide for the GEMM's duration:
-    threadpoolctl sets the pools' thread counts, ~6 us for the pair.)
-    """
-    if plan.path == "small_batch" and plan.workers > 1:
-        return _blas_pools().limit(limits=1)
-    return contextlib.nullcontext()
-
-
 class _Helper:
-    """The small-batch path's second worker: one thread, started on first use (per process).
+    """The split path's second worker: one thread, started on first use (per process).
 
     ``pair`` is held while a two-worker call runs: a call that finds it
     taken (another user thread is running one) runs with one worker rather
@@ -198,7 +198,7 @@ class _Helper:
             if self._pid != os.getpid():            # none yet, or inherited through fork
                 self._pid, self.pinned = os.getpid(), None
                 self._executor = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="rnnkern-small-batch")
+                    1, thread_name_prefix="rnnkern-split")
             return self._executor
 
 
@@ -234,103 +234,130 @@ def _other_cpus():
     return frozenset(others) or None
 
 
-def _small_batch_forward(cell, workers, gx, w_hh, b_hh, lengths, reverse, keep, state, y,
-                         history, saved):
-    """Run ``small_batch.forward_worker`` on ``workers`` threads (this one and the helper).
+def _run_split(kernel, cell, plan, arguments_of, x, *shared):
+    """Run ``kernel`` (``split.forward_worker`` or ``backward_worker``) on ``plan.workers``
+    threads: this one and the helper.
 
-    Writes ``y``, ``state`` (final) and, with ``keep``, ``history`` and
-    ``saved``, as ``drivers.forward_sequence`` does.  Everything the workers
-    take is checked and allocated before either starts, and no Python runs
-    between their barriers; a worker that fails aborts the barrier, so the
-    other returns instead of spinning, and the failure is raised here.
+    ``arguments_of(cell, workers, barrier, x, *shared)`` gives each
+    worker's argument tuple, made after the worker count is settled (a call
+    that finds the helper taken by another user thread runs with one worker
+    rather than queue behind it with its first worker spinning).  While two
+    workers run, the BLAS runs on one thread (threadpoolctl, process-wide for
+    the call's duration, ~6 us for the pair): each worker calls it from its
+    own core, and a multi-threaded call would wake the BLAS pool, whose
+    threads keep spinning after it returns (OpenBLAS: ~2^28 cycles) on the
+    core the other worker needs (measured: lockstep steps 3-10x slower).
+    Everything the workers take is checked and allocated before either starts,
+    and no Python runs between their barriers; a worker that fails aborts the
+    barrier, so the other returns instead of spinning, and the failure is
+    raised here.
     """
+    workers = plan.workers
     if workers > 1 and not _HELPER.pair.acquire(blocking=False):
         workers = 1
-    elif workers > 1:
-        try:
-            executor = _HELPER.executor()
-        except BaseException:
-            _HELPER.pair.release()
-            raise
     try:
-        barrier = _workspace("small_batch_barrier", (atomics.BARRIER_SIZE,), np.int64)
+        barrier = _workspace("split_barrier", (atomics.BARRIER_SIZE,), np.int64)
         barrier[:] = 0                          # this thread's last call is over: reusable
-        arguments = _worker_arguments(cell, workers, barrier, gx, w_hh, b_hh, lengths, reverse,
-                                      keep, state, y, history, saved)
+        arguments = arguments_of(cell, workers, barrier, x, *shared)
         if workers == 1:
-            if not small_batch.forward_worker(*arguments[0]):
-                raise RuntimeError("small-batch forward: the worker was aborted")
+            if not kernel(*arguments[0]):
+                raise RuntimeError("split path: the worker was aborted")
             return
-        second = executor.submit(_guarded_worker, arguments[1], barrier, _other_cpus())
-        try:
-            finished = small_batch.forward_worker(*arguments[0])
-        except BaseException:
-            barrier[atomics.ABORT] = 1          # the helper stops waiting for this worker
-            concurrent.futures.wait([second])
-            raise
-        if not (second.result() and finished):  # the helper's exception, if it raised
-            raise RuntimeError("small-batch forward: a worker was aborted")
-        planner.report_waits(gx.shape[0], int(barrier[atomics.SLOW]))
+        executor = _HELPER.executor()
+        with _blas_pools().limit(limits=1):
+            second = executor.submit(_guarded_worker, kernel, arguments[1], barrier,
+                                     _other_cpus())
+            try:
+                finished = kernel(*arguments[0])
+            except BaseException:
+                barrier[atomics.ABORT] = 1      # the helper stops waiting for this worker
+                concurrent.futures.wait([second])
+                raise
+            if not (second.result() and finished):   # the helper's exception, if it raised
+                raise RuntimeError("split path: a worker was aborted")
+        planner.report_waits(x.shape[0], int(barrier[atomics.SLOW]))
     finally:
         if workers > 1:
             _HELPER.pair.release()
 
 
-def _guarded_worker(arguments, barrier, cpus=None):
+def _guarded_worker(kernel, arguments, barrier, cpus=None):
     """The helper's side: pinned to ``cpus`` (if given), run the worker; on any failure abort
     the barrier so that the other worker returns."""
     try:
         if cpus is not None and _HELPER.pinned != cpus:
             os.sched_setaffinity(0, cpus)       # this thread only
             _HELPER.pinned = cpus
-        return small_batch.forward_worker(*arguments)
+        return kernel(*arguments)
     except BaseException:
         barrier[atomics.ABORT] = 1              # the other worker stops waiting for this one
         raise
 
 
-def _worker_arguments(cell, workers, barrier, gx, w_hh, b_hh, lengths, reverse, keep, state, y,
-                      history, saved):
-    """The argument tuple of each worker: the shared arrays, then the worker's own scratch."""
-    B, H = state[0].shape
-    dtype = gx.dtype
-    h_steps = _workspace("small_batch_h", (2, B, H), dtype)
+def _forward_arguments(cell, workers, barrier, x, params, lengths, reverse, keep, state, y,
+                       history, saved):
+    """Each worker's arguments for ``split.forward_worker``: the shared arrays, then its own
+    scratch (packed weights and per-step buffers, on cache lines of their own)."""
+    T, B, I = x.shape
+    H = state[0].shape[1]
+    G, dtype = cell.num_gates, x.dtype
+    h_steps = _workspace("split_h", (2, B, H), dtype)
     h_steps[0] = state[0]
-    shared = (drivers.CellRows(cell.kernels["numba"]), gx, np.ascontiguousarray(w_hh),
-              np.ascontiguousarray(b_hh), lengths, reverse, keep, state, y, history, saved,
-              h_steps, barrier, _SCHED_YIELD)
-    return [(shared[0], worker, workers) + shared[1:] + own
-            for worker, own in enumerate(_worker_scratch(cell, workers, B, H, dtype))]
-
-
-def _worker_scratch(cell, workers, B, H, dtype):
-    """Each worker's scratch arrays (see ``small_batch.forward_worker``), kept per thread
-    by their sizes: a repeated call makes no new arrays."""
-    key = (cell.name, workers, B, H, np.dtype(dtype))
-    cache = _WORKSPACES.__dict__.setdefault("small_batch_scratch", {})
-    scratch = cache.get(key)
-    if scratch is not None and all(_is_current(own, worker) for worker, own in enumerate(scratch)):
-        return scratch
-    G = cell.num_gates
-    scratch = []
+    contiguous = {name: np.ascontiguousarray(params[name])
+                  for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")}
+    shared = (x, contiguous["weight_ih"], contiguous["bias_ih"], contiguous["weight_hh"],
+              contiguous["bias_hh"], lengths, reverse, keep, state, y, history, saved, h_steps,
+              barrier, _SCHED_YIELD)
+    arguments = []
     for worker in range(workers):
-        j0, j1 = worker * H // workers, (worker + 1) * H // workers    # small_batch.unit_range
-        U = j1 - j0
-        shapes = [(G * U, H), (G * U,), (1, B, G * U), (B, G * U)] + \
+        U = _units(worker, workers, H)
+        P = tiles.panel_count(G * U, dtype.itemsize)
+        NR = tiles.panel_width(dtype.itemsize)
+        shapes = [(P, I, NR), (P, H, NR), (G * U,), (G * U,), (1, B, P * NR), (B, P * NR)] + \
             [(B, U)] * cell.num_states + [(1, B, U)] + [(1, B, s.width * U) for s in cell.saved]
-        w, b, gx_step, gh, *rest = _cache_line_arrays(f"small_batch_{worker}", shapes, dtype)
-        scratch.append((w, b, gx_step, gh, tuple(rest[:cell.num_states]),
-                        rest[cell.num_states], tuple(rest[cell.num_states + 1:])))
-    cache.clear()                              # one size at a time: the buffers are shared
-    cache[key] = scratch
-    return scratch
+        w_ih, w_hh, b_ih, b_hh, gx, gh, *rest = _cache_line_arrays(f"split_forward_{worker}",
+                                                                    shapes, dtype)
+        own = (w_ih, w_hh, b_ih, b_hh, gx, gh, tuple(rest[:cell.num_states]),
+               rest[cell.num_states], tuple(rest[cell.num_states + 1:]))
+        arguments.append((drivers.CellRows(cell.kernels["numba"]), worker, workers) + shared +
+                         own)
+    return arguments
 
 
-def _is_current(own, worker):
-    """Whether ``own``'s arrays still view this thread's buffer of ``worker`` (not one
-    replaced since by a larger call)."""
-    buffer = _WORKSPACES.buffers.get((f"small_batch_{worker}", own[0].dtype))
-    return buffer is not None and own[0].base is buffer
+def _backward_arguments(cell, workers, barrier, x, dy, tape, carry, dgx, dgh, dx, grads):
+    """Each worker's arguments for ``split.backward_worker`` (see ``_forward_arguments``)."""
+    T, B, I = x.shape
+    H = carry[0].shape[1]
+    G, dtype = cell.num_gates, x.dtype
+    separate_dgh = dgh is not dgx
+    shared = (x, dy, np.ascontiguousarray(tape["w_ih"]), np.ascontiguousarray(tape["w_hh"]),
+              tape["lengths"], tape["reverse"], tape["history"], tape["saved"], carry, dgx, dgh,
+              separate_dgh, dx, grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
+              grads["bias_hh"], barrier, _SCHED_YIELD)
+    arguments = []
+    for worker in range(workers):
+        U = _units(worker, workers, H)
+        P = tiles.panel_count(U, dtype.itemsize)
+        NR = tiles.panel_width(dtype.itemsize)
+        shapes = [(P, G * H, NR)] + [(B, U)] * cell.num_states + \
+            [(1, B, U)] * (1 + cell.num_states) + [(1, B, s.width * U) for s in cell.saved] + \
+            [(1, B, G * U)] * (2 if separate_dgh else 1) + [(B, P * NR)]
+        w_panels, *rest = _cache_line_arrays(f"split_backward_{worker}", shapes, dtype)
+        n = cell.num_states
+        cell_carry, dy_step, history_step = tuple(rest[:n]), rest[n], tuple(rest[n + 1:2 * n + 1])
+        rest = rest[2 * n + 1:]
+        saved_step, rest = tuple(rest[:len(cell.saved)]), rest[len(cell.saved):]
+        dgx_step, dgh_step = rest[0], rest[1 if separate_dgh else 0]
+        own = (w_panels, cell_carry, dy_step, history_step, saved_step, dgx_step, dgh_step,
+               rest[-1])
+        arguments.append((drivers.CellRows(cell.kernels["numba"]), worker, workers,
+                          gemm_function(dtype)) + shared + own)
+    return arguments
+
+
+def _units(worker, workers, hidden):
+    """How many hidden units ``worker`` owns (``split.unit_range``)."""
+    return (worker + 1) * hidden // workers - worker * hidden // workers
 
 
 _CACHE_LINE = 128        # bytes; two 64-byte lines (the adjacent-line prefetcher pairs them)
@@ -369,6 +396,14 @@ def backward_direction(cell, dy, dstate_n, tape):
     dgh = _workspace("dgh", (T, B, GH), dtype) if "dgh" in cell.step_gradients else dgx
     dy = np.ascontiguousarray(dy)
     w_hr = tape["w_hr"]
+    plan = planner.plan_direction(cell, dtype, B, H, projected=w_hr is not None, training=True)
+    if plan.path == "split":
+        dx = np.empty((T, B, I), dtype)
+        grads = {"weight_ih": np.empty_like(w_ih), "weight_hh": np.empty((GH, P), dtype),
+                 "bias_ih": np.empty(GH, dtype), "bias_hh": np.empty(GH, dtype)}
+        _run_split(split.backward_worker, cell, plan, _backward_arguments,
+                   np.ascontiguousarray(x), dy, tape, carry, dgx, dgh, dx, grads)
+        return dx, carry, grads
     if w_hr is None:
         projection = (_NONE_2D[dtype], carry, dy, _NONE_3D[dtype])
     else:                        # the rows see dm = dh W_hr; dy is already in it

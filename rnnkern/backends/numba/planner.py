@@ -1,89 +1,66 @@
-"""Which driver a layer-direction's forward takes on the CPU, and with how many workers.
+"""Which driver a layer-direction takes on the CPU, and with how many workers.
 
-Two drivers run a layer-direction forward on NumPy arrays
-(``rnnkern.kernels.numba``):
+Two drivers run a layer-direction on NumPy arrays (``rnnkern.kernels.numba``):
 
-- **general** (``drivers.forward_sequence``): per step one CBLAS product
-  ``h @ W_hh^T`` (GEMV at batch 1) and the cell's fused rows.  Best where a
-  step's product is a real GEMM (larger batches).
-- **small_batch** (``small_batch.forward_worker``): W_hh split by hidden
-  units over ``workers`` OS threads (1 or 2), each worker's slice packed
-  once per call and resident in its core's L2; product and rows fused per
-  step; one spin barrier a step.  Best at small batch, where a step is
-  W_hh streamed through the cores, and two cores stream it faster than the
-  general driver's per-step GEMV on one.
+- **general** (``drivers.forward_sequence``/``backward_sequence``): per step
+  one CBLAS product (GEMV at batch 1) on the BLAS's own threads and the
+  cell's fused rows on the calling thread.
+- **split** (``split.forward_worker``/``backward_worker``): W split by hidden
+  units over ``workers`` OS threads (1 or 2), each packing its slice once per
+  call into its core's cache and running its share of everything: the input
+  projection, each step's product and rows (one spin barrier a step), the
+  weight gradients.  Both cores work on every stage, the rows included, and
+  no BLAS pool is woken between steps.
 
-``plan_direction`` picks one from the batch, the shapes, the dtype and the
-cores this process may use. ``auto`` takes small_batch, with two workers,
-where all of these hold: inference (a forward without a tape: see
-``TRAINING_REASON`` for training); at most ``SMALL_BATCH_MAX_BATCH`` rows;
-no projection (``proj_size`` needs all of ``m_t`` between steps); W_hh large
-enough for the split to pay (``SPLIT_MIN_WEIGHT_BYTES``) and half of it
-within a worker's share of its core's L2 (``WORKER_L2_SHARE`` of
-``l2_bytes()``, read from sysfs); two usable cores; and no recent two-worker
-run found the second core busy (``report_waits``: the workers step in
-lockstep, so a core taken by another process or by a BLAS pool's spinning
-threads costs a time slice a step). Where the second core is missing or was
-found busy in the last ``BUSY_CORE_SECONDS``, one worker runs the
-small-batch driver up to ``ONE_WORKER_MAX_BATCH`` rows (W_hh then has to fit
-one worker's L2 share), the general driver above. The fallback for a busy
-core is one worker rather than the general driver on purpose: the general
-driver's per-step BLAS calls wake the BLAS pool, whose threads then spin on
-the second core (OpenBLAS: for ~2^28 cycles after each call), and keep it
-busy for the next two-worker try; one worker calls no BLAS between steps.
-The choice can be forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch
-jobs and benchmarks), and every plan taken is recorded for
-``rnnkern.show_config()`` (``recent_paths``). Backward always runs the
-general driver (its tape is the same whichever forward made it).
+``plan_direction`` picks one from the batch, the shapes and the cores this
+process may use; forward (with or without a tape) and backward plan alike.
+``auto`` takes split, with two workers, where all of these hold: no
+projection (``proj_size`` needs all of ``m_t`` between steps); a step's
+product of at least ``SPLIT_MIN_STEP_FLOPS`` (below, the barrier and the
+cross-core exchange of h, ~1-2 us a step, cost more than half the product
+saves); two usable cores; and no recent two-worker run found the second core
+busy (``report_waits``: the workers step in lockstep, so a core taken by
+another process or by a BLAS pool's spinning threads costs a time slice a
+step).  Where the second core is missing or was found busy in the last
+``BUSY_CORE_SECONDS``, one worker runs the split driver up to
+``ONE_WORKER_MAX_BATCH`` rows, the general driver above.  The fallback for a
+busy core is one worker rather than the general driver on purpose: the
+general driver's per-step BLAS calls wake the BLAS pool, whose threads then
+spin on the second core (OpenBLAS: for ~2^28 cycles after each call), and
+keep it busy for the next two-worker try; one worker calls no BLAS between
+steps.  The choice can be forced
+(``use_path``, or ``$RNNKERN_CPU_PATH`` for batch jobs and benchmarks), and
+every plan taken is recorded for ``rnnkern.show_config()``
+(``recent_paths``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ..paths import PathSetting, PlanLog
 
-__all__ = ["PATHS", "SMALL_BATCH_MAX_BATCH", "SPLIT_MIN_WEIGHT_BYTES", "WORKER_L2_SHARE",
-           "ONE_WORKER_MAX_BATCH", "TRAINING_REASON", "BUSY_CORE_SECONDS", "Plan", "use_path",
-           "path_choice", "usable_cores", "l2_bytes", "policy", "plan_direction", "recent_paths",
-           "report_waits"]
+__all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "MAX_WORKERS",
+           "ONE_WORKER_MAX_BATCH", "BUSY_CORE_SECONDS", "Plan", "use_path", "path_choice",
+           "usable_cores", "policy", "plan_direction", "recent_paths", "report_waits"]
 
 #: What ``use_path`` and ``$RNNKERN_CPU_PATH`` accept.
-PATHS = ("auto", "small_batch", "general")
-#: The largest batch ``auto`` sends to the small-batch driver.  (Measured on
-#: the 2-core Zen 4 VM; see the benchmarks.)
-SMALL_BATCH_MAX_BATCH = 8
-#: ``auto`` splits only a W_hh larger than this.  At B = 1 each step's
-#: product streams W_hh through the cores, so two cores read it about twice
-#: as fast wherever it lives; but a step also pays a barrier and a cross-core
-#: exchange of h (together ~1-2 us), and the call a helper thread's start.
-#: Measured on the 2-core VM (float32, B = 1, H = 256): the split ran the
-#: LSTM's 1 MiB W_hh 1.45x faster than one worker, the RNN's 256 KiB no faster.
-SPLIT_MIN_WEIGHT_BYTES = 512 * 1024
-#: The share of a core's L2 a worker's slice of W_hh may take (beside the
-#: state, the scratch and the step's gx) for ``auto`` to pick small_batch.
-WORKER_L2_SHARE = 0.75
-#: Why ``auto`` runs a forward that keeps a tape on the general driver.
-#: A tape is for a backward, and the backward's multi-threaded BLAS calls
-#: leave the pool's threads spinning on the second core into the next
-#: forward, where the two workers step in lockstep.  ``python -m rnnkern
-#: bench`` (T = 100, I = 128, H = 256, float32, 2-core VM) gave
-#: forward+backward with the small-batch forward 5.34 vs 4.89 ms (LSTM,
-#: B = 1) and 19.5 vs 15.3 ms (GRU, B = 8) against the general driver; a
-#: later run with training back on the general driver gave 5.43 and 17.5 ms,
-#: so that gap is within the spread between runs: training shows no gain
-#: from the small-batch forward either way, and stays on the general driver.
-TRAINING_REASON = ("a tape: the backward's BLAS threads would spin on the second core in the "
-                   "next forward (forward+backward measured no faster)")
+PATHS = ("auto", "split", "general")
+#: ``auto`` splits a layer-direction whose step product ``2 B G H^2`` has at
+#: least this many FLOPs.  Measured on the 2-core VM (float32, B = 1, H = 256):
+#: the split ran the LSTM's step (524k FLOPs, a 1 MiB W_hh) 1.45x faster than
+#: one worker, the RNN's (131k FLOPs) no faster.
+SPLIT_MIN_STEP_FLOPS = 400_000
+#: The most workers a split takes: one helper thread beside the caller (the
+#: only count measured: the development machine has two cores).
+MAX_WORKERS = 2
 #: One worker (one usable core, or the second one found busy) runs the
-#: small-batch driver only up to this batch: measured at H = 256, float32,
+#: split driver only up to this batch: measured at H = 256, float32,
 #: it beat the general driver at B = 1 (LSTM 18.8 vs 22.1 us a step, GRU
 #: 13.7 vs 15.3, RNN 5.3 vs 6.1) and lost at B = 2 and above.
 ONE_WORKER_MAX_BATCH = 1
@@ -97,15 +74,18 @@ _busy_until = 0.0        # time.monotonic() before which the second core counts 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The driver of one layer-direction's forward; ``reason`` says why in words."""
+    """The driver of one layer-direction; ``reason`` says why in words.
+
+    ``workers`` matters on the split path only.
+    """
 
     path: str
     reason: str
     workers: int = 0
 
     def describe(self) -> str:
-        if self.path == "small_batch":
-            return f"small_batch, {self.workers} worker(s) ({self.reason})"
+        if self.path == "split":
+            return f"split, {self.workers} worker(s) ({self.reason})"
         return f"general ({self.reason})"
 
 
@@ -114,11 +94,11 @@ _SETTING = PathSetting(PATHS, _ENVIRONMENT)
 
 @contextlib.contextmanager
 def use_path(path: str, *, workers: int | None = None):
-    """Force the CPU driver inside a ``with`` block: ``"small_batch"``, ``"general"`` or ``"auto"``.
+    """Force the CPU driver inside a ``with`` block: ``"split"``, ``"general"`` or ``"auto"``.
 
-    ``workers`` (1 or 2) forces the small-batch driver's worker count too
+    ``workers`` (1 or 2) forces the split driver's worker count too
     (two workers run even on one core: correct, but they then share it).
-    Forcing ``"small_batch"`` where it cannot run (a projection) raises
+    Forcing ``"split"`` where it cannot run (a projection) raises
     ValueError at the layer call instead of falling back.
     """
     if workers is not None and workers not in (1, 2):
@@ -154,35 +134,11 @@ def _second_core_busy() -> bool:
     return time.monotonic() < _busy_until
 
 
-@functools.cache
-def l2_bytes() -> int:
-    """One core's L2 cache in bytes: from sysfs, else ``sysconf``, else 1 MiB."""
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            if (index / "level").read_text().strip() == "2":
-                size = (index / "size").read_text().strip().upper()
-                scale = {"K": 1024, "M": 1024**2}.get(size[-1:], 1)
-                return int(size.rstrip("KM")) * scale
-        except (OSError, ValueError):
-            continue
-    try:
-        size = os.sysconf("SC_LEVEL2_CACHE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        size = 0
-    return size if size > 0 else 1024**2
-
-
-def _worker_weight_bytes() -> int:
-    return int(WORKER_L2_SHARE * l2_bytes())
-
-
 def policy() -> str:
     """What ``auto`` does on this machine, in words (for ``rnnkern.show_config``)."""
-    return (f"small-batch driver for inference up to batch {SMALL_BATCH_MAX_BATCH} where W_hh "
-            f"is over {SPLIT_MIN_WEIGHT_BYTES // 1024} KiB and half of it fits "
-            f"{_worker_weight_bytes() // 1024} KiB of a core's {l2_bytes() // 1024} KiB L2, on "
-            f"{usable_cores()} usable core(s), else the general driver; force with "
-            f"rnnkern.backends.numba.planner.use_path or ${_ENVIRONMENT}")
+    return (f"split driver ({MAX_WORKERS} workers, W split by hidden units) where a step's "
+            f"product is at least {SPLIT_MIN_STEP_FLOPS} FLOPs, on {usable_cores()} usable "
+            f"core(s), else the general driver; force with rnnkern.backends.numba.planner.use_path or ${_ENVIRONMENT}")
 
 
 # (cell, dtype, batch, hidden, projected, training) -> Plan
@@ -199,7 +155,7 @@ def recent_paths() -> dict:
 def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
                    training: bool = False, choice: str | None = None,
                    cores: int | None = None) -> Plan:
-    """The driver of one layer-direction's forward of ``cell`` with a ``(batch, hidden)`` state.
+    """The driver of one layer-direction of ``cell`` with a ``(batch, hidden)`` state.
 
     Parameters
     ----------
@@ -209,9 +165,9 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     projected : bool
         Whether the direction has a projection (LSTM ``proj_size``).
     training : bool
-        Whether the forward keeps a tape (``keep``): ``auto`` then takes the
-        general driver (see ``TRAINING_REASON``).
-    choice : {"auto", "small_batch", "general"}, optional
+        A forward that keeps a tape, or a backward (recorded apart from
+        inference in ``recent_paths``; planned alike).
+    choice : {"auto", "split", "general"}, optional
         Default ``path_choice()``.
     cores : int, optional
         Default ``usable_cores()``.
@@ -219,7 +175,7 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     Raises
     ------
     ValueError
-        If ``"small_batch"`` is forced where it cannot run.
+        If ``"split"`` is forced where it cannot run.
     """
     choice = path_choice() if choice is None else _SETTING.checked(choice, "choice")
     workers = _SETTING.forced_options().get("workers")
@@ -233,38 +189,30 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
 def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, cores):
     if choice == "general":
         return Plan("general", "forced")
-    weight_bytes = cell.num_gates * hidden * hidden * dtype.itemsize
     busy = choice == "auto" and workers is None and _second_core_busy()
     if workers is None:
-        workers = 2 if cores >= 2 and not busy else 1
+        workers = min(MAX_WORKERS, cores) if not busy else 1
     workers = min(workers, hidden)
-    slice_bytes = -(-weight_bytes // workers)
+    step_flops = 2 * batch * cell.num_gates * hidden * hidden
     if projected:
         why_not = "proj_size: the projection needs all of m_t between steps"
-    elif choice == "small_batch":
-        return Plan("small_batch", "forced", workers)
-    elif training:
-        why_not = TRAINING_REASON
-    elif batch > SMALL_BATCH_MAX_BATCH:
-        why_not = f"batch {batch} > {SMALL_BATCH_MAX_BATCH}: per-step GEMMs pay off"
-    elif weight_bytes <= SPLIT_MIN_WEIGHT_BYTES:
-        why_not = f"W_hh ({weight_bytes} B) too small for a split to pay"
-    elif slice_bytes > _worker_weight_bytes():
-        why_not = (f"a worker's share of W_hh ({slice_bytes} B) is more than the "
-                   f"{_worker_weight_bytes()} B it may keep in L2")
+    elif choice == "split":
+        return Plan("split", "forced", workers)
+    elif step_flops < SPLIT_MIN_STEP_FLOPS:
+        why_not = (f"a step's product ({step_flops} FLOPs) under {SPLIT_MIN_STEP_FLOPS}: "
+                   "too small for a split to pay")
     elif workers < 2 and batch > ONE_WORKER_MAX_BATCH:
         why_not = (f"{cores} usable core(s)" if cores < 2 else
                    "a recent two-worker run found the second core busy") + \
             f", and one worker beats the general driver only up to batch {ONE_WORKER_MAX_BATCH}"
     elif workers < 2:
-        return Plan("small_batch", f"batch {batch}, W_hh ({weight_bytes} B) in one L2; one "
-                                   "worker: " + (f"{cores} usable core(s)" if cores < 2 else
-                                                 "a recent two-worker run found the second "
-                                                 "core busy"), workers)
+        return Plan("split", f"batch {batch}; one worker: " + (
+            f"{cores} usable core(s)" if cores < 2 else
+            "a recent two-worker run found the second core busy"), workers)
     else:
-        return Plan("small_batch", f"batch {batch} <= {SMALL_BATCH_MAX_BATCH}, W_hh "
-                                   f"({weight_bytes} B) split over {workers} cores' L2", workers)
-    if choice == "small_batch":
-        raise ValueError(f"CPU path 'small_batch' was forced, but {cell.name} with batch "
+        return Plan("split", f"a step's product of {step_flops} FLOPs split over {workers} "
+                             "cores", workers)
+    if choice == "split":
+        raise ValueError(f"CPU path 'split' was forced, but {cell.name} with batch "
                          f"{batch}, hidden {hidden}, {dtype} cannot take it: {why_not}")
     return Plan("general", why_not)

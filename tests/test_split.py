@@ -1,13 +1,14 @@
-"""The CPU small-batch path (``kernels/numba/small_batch.py``) equals the general path and torch.
+"""The CPU split path (``kernels/numba/split.py``) equals the general path and torch.
 
-The small-batch driver splits W_hh by hidden units over one or two worker
-threads that meet at a spin barrier every step; the general driver runs a
-BLAS product per step.  Both must give the same ``y``, final states, tape
-(state history and saved arrays, in the general driver's layout) and so
-the same gradients, for every registry cell, option and length, to float
+The split driver splits the weights by hidden units over one or two worker
+threads that meet at a spin barrier every step, forward and backward; the
+general driver runs a BLAS product per step.  Both must give the same ``y``,
+final states, tape (state history and saved arrays, in the general driver's
+layout) and gradients, for every registry cell, option and length, to float
 rounding (the products sum in another order); one worker and two workers
-must agree bit for bit (each product row is summed by the same code
-whichever worker owns it).  The planner's choice is forced here with
+must agree bit for bit forward (each product element is summed by the
+same tile code whichever worker owns it) and to rounding backward (the
+weight gradients' BLAS calls get other shapes: one row of dx is a GEMV).  The planner's choice is forced here with
 ``planner.use_path``; ``$RNNKERN_CPU_PATH`` and the recorded plans are
 checked too.
 """
@@ -29,8 +30,7 @@ from rnnkern.cells import CELLS
 from torch_oracle import oracle_run
 
 #: (path, workers) of each forced run; "general" is the reference.
-RUNS = {"general": ("general", None), "one_worker": ("small_batch", 1),
-        "two_workers": ("small_batch", 2)}
+RUNS = {"general": ("general", None), "one_worker": ("split", 1), "two_workers": ("split", 2)}
 
 
 @pytest.fixture(autouse=True)
@@ -69,17 +69,20 @@ def _assert_close(ours, reference, dtype, what, large=False):
                                err_msg=what)
 
 
-def _assert_same_results(ours, reference, dtype, exact=False, large=False):
-    check = (lambda a, b, what: np.testing.assert_array_equal(a, b, err_msg=what)) if exact \
-        else (lambda a, b, what: _assert_close(a, b, dtype, what, large))
-    for name in ("y_inference", "y", "dx"):
+def _assert_same_results(ours, reference, dtype, exact_forward=False, large=False):
+    close = lambda a, b, what: _assert_close(a, b, dtype, what, large)      # noqa: E731
+    check = (lambda a, b, what: np.testing.assert_array_equal(a, b, err_msg=what)) \
+        if exact_forward else close
+    for name in ("y_inference", "y"):
         check(ours[name], reference[name], name)
+    close(ours["dx"], reference["dx"], "dx")
     for name in ("state_inference", "state_n", "dstate0"):
+        compare = close if name == "dstate0" else check
         for k, (a, b) in enumerate(zip(ours[name], reference[name], strict=True)):
-            check(a, b, f"{name}[{k}]")
+            compare(a, b, f"{name}[{k}]")
     assert list(ours["grads"]) == list(reference["grads"])
     for name, g in ours["grads"].items():
-        check(g, reference["grads"][name], name)
+        close(g, reference["grads"][name], name)
     for d, ((history, saved), (history_ref, saved_ref)) in enumerate(
             zip(ours["kept"], reference["kept"], strict=True)):
         for k, (a, b) in enumerate(zip(history + saved, history_ref + saved_ref, strict=True)):
@@ -89,10 +92,11 @@ def _assert_same_results(ours, reference, dtype, exact=False, large=False):
 
 @st.composite
 def configurations(draw):
-    """Small-batch shapes: B 1..8, H from 1 up (odd sizes, 37), lengths, directions, layers."""
+    """B 1..20 (tiles of 6 rows and their tails), H from 1 up (odd sizes, 37, 70: panels of
+    64 and 16 columns and their padding), lengths, directions, layers."""
     cfg = dict(cell=draw(st.sampled_from(ALL_CELLS)), T=draw(st.integers(1, 9)),
-               B=draw(st.integers(1, 8)), I=draw(st.integers(1, 9)),
-               H=draw(st.one_of(st.integers(1, 13), st.sampled_from([37, 64]))),
+               B=draw(st.integers(1, 20)), I=draw(st.integers(1, 9)),
+               H=draw(st.one_of(st.integers(1, 13), st.sampled_from([37, 64, 70]))),
                num_layers=draw(st.integers(1, 2)), bidirectional=draw(st.booleans()),
                batch_first=draw(st.booleans()), bias=draw(st.booleans()),
                dtype=draw(st.sampled_from(["float64", "float32"])),
@@ -123,16 +127,16 @@ def _case(cfg):
 
 
 @given(configurations())
-def test_small_batch_equals_the_general_path(cfg):
+def test_split_equals_the_general_path(cfg):
     case = _case(cfg)
     reference = _run(*case, "general")
     one = _run(*case, "one_worker")
     _assert_same_results(one, reference, cfg["dtype"])
-    _assert_same_results(_run(*case, "two_workers"), one, cfg["dtype"], exact=True)
+    _assert_same_results(_run(*case, "two_workers"), one, cfg["dtype"], exact_forward=True)
 
 
 @given(configurations())
-def test_small_batch_matches_torch(cfg):
+def test_split_matches_torch(cfg):
     layer, x, state, lengths, dy, dstate = _case(cfg)
     ours = _run(layer, x, state, lengths, dy, dstate, "two_workers")
     ref = oracle_run(layer, x, state, lengths, dy, dstate)
@@ -151,10 +155,10 @@ def test_small_batch_matches_torch(cfg):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
 def test_a_bench_sized_layer_on_two_workers(cell, dtype):
-    """H = 256, B = 1 and 8 (the planner's own range), T = 20, lengths, reverse, torch."""
+    """H = 256, B = 1, 8 and 32, T = 20, lengths, reverse, torch."""
     rng = np.random.default_rng(0)
     layer = make_layer(cell, 24, 256, 1, bidirectional=True, dtype=dtype, seed=1)
-    for B in (1, 8):
+    for B in (1, 8, 32):
         x = rng.standard_normal((20, B, 24)).astype(dtype)
         lengths = list(rng.integers(1, 21, B))
         dy = rng.standard_normal((20, B, 512)).astype(dtype)
@@ -170,7 +174,7 @@ def test_a_bench_sized_layer_on_two_workers(cell, dtype):
 def test_inference_and_training_forward_agree_bit_for_bit(cell):
     layer = make_layer(cell, 5, 37, 2, bidirectional=True, dtype="float32", seed=2)
     x = np.random.default_rng(3).standard_normal((6, 3, 5)).astype("float32")
-    with planner.use_path("small_batch", workers=2):
+    with planner.use_path("split", workers=2):
         y, state = layer(x)
         y_training, state_training, _ = layer.forward(x)
     np.testing.assert_array_equal(y, y_training)
@@ -184,7 +188,7 @@ def test_unbatched_input_and_the_single_step_cells(cell):
     x = rng.standard_normal((7, 3))
     with planner.use_path("general"):
         y_ref, state_ref = layer(x)
-    with planner.use_path("small_batch", workers=2):
+    with planner.use_path("split", workers=2):
         y, state = layer(x)
     _assert_close(y, y_ref, "float64", "y")
     for a, b in zip(_states(state), _states(state_ref), strict=True):
@@ -197,59 +201,40 @@ def _lstm():
     return CELLS["lstm"]
 
 
-def test_auto_takes_small_batch_at_small_batch_and_general_above():
-    small = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False, choice="auto",
-                                   cores=2)
-    assert (small.path, small.workers) == ("small_batch", 2)
-    large = planner.plan_direction(_lstm(), "float32", planner.SMALL_BATCH_MAX_BATCH + 1, 256,
-                                   projected=False, choice="auto", cores=2)
-    assert large.path == "general" and "batch" in large.reason
+def test_auto_splits_every_batch_where_a_step_is_big_enough():
+    for batch in (1, 8, 64):
+        for training in (False, True):
+            plan = planner.plan_direction(_lstm(), "float32", batch, 256, projected=False,
+                                          training=training, choice="auto", cores=2)
+            assert (plan.path, plan.workers) == ("split", 2)
+
+
+def test_a_small_step_stays_on_the_general_path():
+    plan = planner.plan_direction(CELLS["rnn_tanh"], "float32", 1, 256, projected=False,
+                                  choice="auto", cores=2)
+    assert 2 * 256 * 256 < planner.SPLIT_MIN_STEP_FLOPS
+    assert plan.path == "general" and "too small" in plan.reason
+    bigger = planner.plan_direction(CELLS["rnn_tanh"], "float32", 8, 256, projected=False,
+                                    choice="auto", cores=2)
+    assert bigger.path == "split"
 
 
 def test_one_core_means_one_worker_at_batch_one_else_the_general_path():
     one = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False, choice="auto",
                                  cores=1)
-    assert (one.path, one.workers) == ("small_batch", 1) and "1 usable core" in one.reason
+    assert (one.path, one.workers) == ("split", 1) and "1 usable core" in one.reason
     more = planner.plan_direction(_lstm(), "float32", planner.ONE_WORKER_MAX_BATCH + 1, 256,
                                   projected=False, choice="auto", cores=1)
     assert more.path == "general" and "1 usable core" in more.reason
     forced = planner.plan_direction(_lstm(), "float32", 4, 256, projected=False,
-                                    choice="small_batch", cores=1)
-    assert (forced.path, forced.workers) == ("small_batch", 1)
+                                    choice="split", cores=1)
+    assert (forced.path, forced.workers) == ("split", 1)
 
 
-def test_auto_trains_on_the_general_path():
-    plan = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False, training=True,
-                                  choice="auto", cores=2)
-    assert plan == planner.Plan("general", planner.TRAINING_REASON)
-    forced = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False, training=True,
-                                    choice="small_batch", cores=2)
-    assert (forced.path, forced.workers) == ("small_batch", 2)
-
-
-def test_a_small_w_hh_stays_on_the_general_path():
-    plan = planner.plan_direction(CELLS["rnn_tanh"], "float32", 1, 256, projected=False,
-                                  choice="auto", cores=2)
-    assert plan.path == "general" and "too small" in plan.reason
-
-
-def test_the_l2_size_sets_the_largest_split(monkeypatch):
-    monkeypatch.setattr(planner, "l2_bytes", lambda: 1024**2)        # 768 KiB a worker
-    args = dict(projected=False, choice="auto", cores=2)
-    assert planner.plan_direction(_lstm(), "float64", 1, 256, **args).path == "general"
-    assert planner.plan_direction(_lstm(), "float32", 1, 256, **args).path == "small_batch"
-    monkeypatch.setattr(planner, "l2_bytes", lambda: 2 * 1024**2)    # 1536 KiB a worker
-    assert planner.plan_direction(_lstm(), "float64", 1, 256, **args).path == "small_batch"
-
-
-def test_the_l2_size_is_read_from_the_machine():
-    assert planner.l2_bytes() >= 64 * 1024
-
-
-def test_a_slice_of_w_hh_too_big_for_l2_goes_to_the_general_path():
-    plan = planner.plan_direction(_lstm(), "float64", 1, 1024, projected=False, choice="auto",
+def test_workers_never_outnumber_the_hidden_units():
+    plan = planner.plan_direction(_lstm(), "float32", 1, 1, projected=False, choice="split",
                                   cores=2)
-    assert plan.path == "general" and "L2" in plan.reason
+    assert plan.workers == 1
 
 
 def test_a_projection_goes_to_the_general_path_and_cannot_be_forced():
@@ -257,7 +242,7 @@ def test_a_projection_goes_to_the_general_path_and_cannot_be_forced():
                                   choice="auto").path == "general"
     layer = rk.LSTM(3, 8, proj_size=4, dtype="float64", seed=0)
     x = np.zeros((2, 1, 3))
-    with planner.use_path("small_batch"), pytest.raises(ValueError, match="proj_size"):
+    with planner.use_path("split"), pytest.raises(ValueError, match="proj_size"):
         layer(x)
     with planner.use_path("general"):
         y_ref = layer(x)[0]
@@ -272,15 +257,15 @@ def test_forcing_is_visible_and_scoped():
         layer(x)
         plan = planner.recent_paths()["gru float32 B=3 H=10 inference"]
         assert plan.describe() == "general (forced)"
-        with planner.use_path("small_batch", workers=1):
+        with planner.use_path("split", workers=1):
             layer(x)
             plan = planner.recent_paths()["gru float32 B=3 H=10 inference"]
-            assert (plan.path, plan.workers, plan.reason) == ("small_batch", 1, "forced")
+            assert (plan.path, plan.workers, plan.reason) == ("split", 1, "forced")
         assert planner.path_choice() == "general"
     assert list(planner.recent_paths())[-1] == "gru float32 B=3 H=10 inference"     # newest last
 
 
-@pytest.mark.parametrize("bad", [dict(path="fast"), dict(path="small_batch", workers=3)])
+@pytest.mark.parametrize("bad", [dict(path="fast"), dict(path="split", workers=3)])
 def test_use_path_refuses_what_it_does_not_know(bad):
     with pytest.raises(ValueError):
         with planner.use_path(**bad):
@@ -294,7 +279,7 @@ def test_the_environment_variable_forces_the_path_in_a_fresh_process():
             "plan = planner.recent_paths()['gru float32 B=1 H=4 inference']\n"
             "print(planner.path_choice(), plan.path)\n"
             "rk.show_config()\n")
-    for value in ("general", "small_batch"):
+    for value in ("general", "split"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=dict(os.environ, RNNKERN_CPU_PATH=value), check=True).stdout
         assert out.splitlines()[0] == f"{value} {value}"
@@ -311,11 +296,11 @@ def test_a_busy_second_core_makes_auto_use_one_worker():
     assert planner.plan_direction(*args, projected=False, choice="auto", cores=2).workers == 2
     planner.report_waits(100, 50)
     plan = planner.plan_direction(*args, projected=False, choice="auto", cores=2)
-    assert (plan.path, plan.workers) == ("small_batch", 1) and "busy" in plan.reason
+    assert (plan.path, plan.workers) == ("split", 1) and "busy" in plan.reason
     plan = planner.plan_direction(_lstm(), "float32", 4, 256, projected=False, choice="auto",
                                   cores=2)
     assert plan.path == "general" and "busy" in plan.reason
-    forced = planner.plan_direction(*args, projected=False, choice="small_batch", cores=2)
+    forced = planner.plan_direction(*args, projected=False, choice="split", cores=2)
     assert forced.workers == 2                     # forcing is not second-guessed
 
 
@@ -324,7 +309,7 @@ def test_a_busy_second_core_makes_auto_use_one_worker():
 def test_a_failing_helper_worker_aborts_the_other_and_raises(monkeypatch):
     """The helper thread raises before it reaches the barrier: the calling thread's
     worker must return (not spin forever) and the error must reach the caller."""
-    def broken(arguments, barrier, cpus=None):
+    def broken(kernel, arguments, barrier, cpus=None):
         barrier[numba_backend.atomics.ABORT] = 1
         raise RuntimeError("helper broke")
 
@@ -332,10 +317,10 @@ def test_a_failing_helper_worker_aborts_the_other_and_raises(monkeypatch):
     x = np.ones((50, 2, 3), np.float32)
     with monkeypatch.context() as patched:
         patched.setattr(numba_backend, "_guarded_worker", broken)
-        with planner.use_path("small_batch", workers=2), \
+        with planner.use_path("split", workers=2), \
                 pytest.raises(RuntimeError, match="helper"):
             layer(x)
-    with planner.use_path("small_batch", workers=2):      # and the next call works again
+    with planner.use_path("split", workers=2):      # and the next call works again
         y = layer(x)[0]
     with planner.use_path("general"):
         _assert_close(y, layer(x)[0], "float32", "y after a failed call")
@@ -358,7 +343,7 @@ def test_calls_from_several_threads_at_once():
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
-    with planner.use_path("small_batch", workers=2):     # process-wide, set once
+    with planner.use_path("split", workers=2):     # process-wide, set once
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -371,9 +356,9 @@ def test_calls_from_several_threads_at_once():
 def test_a_failing_calling_worker_releases_the_helper(monkeypatch):
     """The calling thread's worker raises: the helper, already waiting at the barrier,
     must be released (aborted) and the error raised, not a hang."""
-    from rnnkern.kernels.numba import small_batch
+    from rnnkern.kernels.numba import split
 
-    real = small_batch.forward_worker
+    real = split.forward_worker
 
     def failing_first(*arguments):
         if arguments[1] == 0:
@@ -383,11 +368,11 @@ def test_a_failing_calling_worker_releases_the_helper(monkeypatch):
     layer = make_layer(CELLS["rnn_tanh"], 3, 32, 1, dtype="float64", seed=0)
     x = np.ones((40, 1, 3))
     with monkeypatch.context() as patched:
-        patched.setattr(small_batch, "forward_worker", failing_first)
-        with planner.use_path("small_batch", workers=2), \
+        patched.setattr(split, "forward_worker", failing_first)
+        with planner.use_path("split", workers=2), \
                 pytest.raises(RuntimeError, match="worker 0"):
             layer(x)
-    with planner.use_path("small_batch", workers=2):
+    with planner.use_path("split", workers=2):
         y = layer(x)[0]
     with planner.use_path("general"):
         _assert_close(y, layer(x)[0], "float64", "y after a failed call")

@@ -1,0 +1,174 @@
+"""Register-tiled products against weights packed once per call: ``out = a @ W^T``.
+
+The split driver's per-step products (``split.py``) are small GEMMs whose
+weight operand is the same for all T steps: ``h_{t-1} (B, H) @ W_slice^T``.
+A BLAS repacks W on every call and, at batch 1-8, takes a GEMV or a
+poorly blocked GEMM.  Here W is packed ONCE into panels of ``NR`` columns
+(:func:`pack_panel_column`), and each tile of the product keeps its ``m x NR``
+accumulators in vector registers for the whole sum over k::
+
+    for k < K:   c[i, :] += a[row0 + i, k] * panel[k, :]      (i < m <= MR)
+
+that is, per k, ``VECTORS`` vector loads of the panel, ``m`` broadcasts of
+``a`` and ``m * VECTORS`` FMAs.  The tile is written in LLVM IR (llvmlite)
+with explicit vector types and ``llvm.fma``, because Numba's loop vectorizer
+does not keep an accumulator tile in registers (a plain-Numba version of
+this loop, accumulating into the output, ran at 8 GFLOP/s) and prefers
+256-bit vectors on this CPU.
+
+Sizes, from the host CPU's vector registers (``llvmlite``'s feature list):
+AVX-512 (32 registers of 64 bytes): MR = 6 rows x 4 vectors, 24
+accumulators; AVX/AVX2 (16 of 32 bytes): 6 x 2; otherwise 16-byte vectors,
+6 x 2.  Measured on the 2-core VM (AVX-512, one thread, float32): 6 x 4
+tiles ran a 32 x 256 by 256 x 512 product at ~180 GFLOP/s and 64 x 512 by
+512 x 1024 at ~150, where OpenBLAS's single-threaded SGEMM ran 106 and 120
+(it packs W on every call); 4 x 4 tiles ran 130 and 118.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+import numba as nb
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from . import INLINE
+
+
+def _host_vector_shape():
+    """(vector bytes, vectors per tile row) for this CPU."""
+    features = llvm.get_host_cpu_features()
+    if features.get("avx512f", False):
+        return 64, 4
+    if features.get("avx", False):
+        return 32, 2
+    return 16, 2
+
+
+VECTOR_BYTES, VECTORS = _host_vector_shape()
+MR = 6
+"""Rows of ``a`` per tile."""
+
+
+def panel_width(itemsize: int) -> int:
+    """``NR``: the columns of one panel (``VECTORS`` vectors) for elements of ``itemsize`` bytes."""
+    return VECTORS * VECTOR_BYTES // itemsize
+
+
+@intrinsic
+def _tile(typingctx, a, row0, rows, panels, panel, out):
+    """``out[row0 + i, panel*NR : (panel+1)*NR] = a[row0 + i] @ panels[panel]`` for i < rows.
+
+    ``a`` (B, K) and ``out`` (B, >= P*NR) with contiguous rows; ``panels``
+    (P, K, NR) C-contiguous; 1 <= rows <= MR.  One LLVM block per row count,
+    picked by a switch on ``rows``.
+    """
+    if not (isinstance(a, types.Array) and isinstance(out, types.Array) and
+            isinstance(panels, types.Array) and a.dtype == out.dtype == panels.dtype and
+            a.dtype in (types.float32, types.float64)):
+        return None
+    sig = types.void(a, types.intp, types.intp, panels, types.intp, out)
+
+    def codegen(context, builder, signature, args):
+        a_array = context.make_array(signature.args[0])(context, builder, args[0])
+        panel_array = context.make_array(signature.args[3])(context, builder, args[3])
+        out_array = context.make_array(signature.args[5])(context, builder, args[5])
+        real = context.get_value_type(signature.args[0].dtype)
+        itemsize = context.get_abi_sizeof(real)
+        lanes = VECTOR_BYTES // itemsize
+        width = lanes * VECTORS                            # NR
+        vector = ir.VectorType(real, lanes)
+        intp = context.get_value_type(types.intp)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector, [vector, vector, vector]),
+            f"llvm.fma.v{lanes}f{itemsize * 8}")
+        row0, rows, panel = args[1], args[2], args[4]
+        K = cgutils.unpack_tuple(builder, panel_array.shape, 3)[1]
+        size = ir.Constant(intp, itemsize)
+        lda = builder.sdiv(cgutils.unpack_tuple(builder, a_array.strides, 2)[0], size)
+        ldc = builder.sdiv(cgutils.unpack_tuple(builder, out_array.strides, 2)[0], size)
+        a_rows = builder.gep(a_array.data, [builder.mul(row0, lda)])
+        c_tile = builder.gep(out_array.data, [builder.add(builder.mul(row0, ldc),
+                                                          builder.mul(panel, ir.Constant(intp, width)))])
+        panel_data = builder.gep(panel_array.data,
+                                 [builder.mul(panel, builder.mul(K, ir.Constant(intp, width)))])
+        zero = ir.Constant(vector, [ir.Constant(real, 0.0)] * lanes)
+        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+
+        def vector_at(base, offset):
+            return builder.bitcast(builder.gep(base, [offset]), vector.as_pointer())
+
+        def emit(m):
+            accumulators = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)]
+                            for _ in range(m)]
+            with cgutils.for_range(builder, K) as loop:
+                k = loop.index
+                row = builder.mul(k, ir.Constant(intp, width))
+                w = [builder.load(vector_at(panel_data, builder.add(row, ir.Constant(intp, j * lanes))),
+                                  align=itemsize) for j in range(VECTORS)]
+                for i in range(m):
+                    a_ik = builder.load(builder.gep(a_rows, [builder.add(
+                        builder.mul(ir.Constant(intp, i), lda), k)]))
+                    a_vector = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(vector, ir.Undefined), a_ik,
+                                               ir.Constant(ir.IntType(32), 0)),
+                        ir.Constant(vector, ir.Undefined), broadcast)
+                    for j in range(VECTORS):
+                        slot = accumulators[i][j]
+                        builder.store(builder.call(fma, [a_vector, w[j], builder.load(slot)]), slot)
+            for i in range(m):
+                for j in range(VECTORS):
+                    offset = builder.add(builder.mul(ir.Constant(intp, i), ldc),
+                                         ir.Constant(intp, j * lanes))
+                    builder.store(builder.load(accumulators[i][j]), vector_at(c_tile, offset),
+                                  align=itemsize)
+
+        end = builder.append_basic_block("tile.end")
+        switch = builder.switch(rows, end)
+        for m in range(1, MR + 1):
+            block = builder.append_basic_block(f"tile.rows{m}")
+            switch.add_case(ir.Constant(intp, m), block)
+            builder.position_at_end(block)
+            emit(m)
+            builder.branch(end)
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@nb.njit(**INLINE)
+def panel_product(a, panels, out):
+    """``out[:, :P*NR] = a @ W^T``, W's rows packed into ``panels`` (P, K, NR) by
+    :func:`pack_panel_column`.
+
+    ``a`` (B, K) and ``out`` (B, >= P*NR) need contiguous rows; the columns of
+    ``out`` past W's rows get the zero padding's zeros.
+    """
+    B = a.shape[0]
+    for p in range(panels.shape[0]):            # a panel stays in L1 across the row tiles
+        for b in range(0, B, MR):
+            _tile(a, b, min(MR, B - b), panels, p, out)
+
+
+@nb.njit(**INLINE)
+def pack_panel_column(panels, column, source):
+    """Column ``column`` of the packed W^T (= row ``column`` of W): ``source`` (K,) into
+    ``panels`` (P, K, NR)."""
+    NR = panels.shape[2]
+    panels[column // NR, :, column % NR] = source
+
+
+@nb.njit(**INLINE)
+def zero_panel_padding(panels, columns):
+    """Zero the columns past ``columns`` (the last panel's padding)."""
+    NR = panels.shape[2]
+    for c in range(columns, panels.shape[0] * NR):
+        panels[c // NR, :, c % NR] = 0
+
+
+def panel_count(columns: int, itemsize: int) -> int:
+    """P: panels for ``columns`` columns (the last one zero-padded)."""
+    width = panel_width(itemsize)
+    return -(-columns // width)
