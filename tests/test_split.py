@@ -294,12 +294,12 @@ def test_a_busy_second_core_makes_auto_use_one_worker():
     assert planner.plan_direction(*args, projected=False, choice="auto", cores=2).workers == 2
     planner.report_waits(100, 100 // planner.SLOW_WAIT_SHARE)          # at the share: fine
     assert planner.plan_direction(*args, projected=False, choice="auto", cores=2).workers == 2
-    planner.report_waits(100, 50)
+    planner.report_waits(100, 100 // planner.SLOW_WAIT_SHARE + 1)
     plan = planner.plan_direction(*args, projected=False, choice="auto", cores=2)
     assert (plan.path, plan.workers) == ("split", 1) and "busy" in plan.reason
-    plan = planner.plan_direction(_lstm(), "float32", 4, 256, projected=False, choice="auto",
-                                  cores=2)
-    assert plan.path == "general" and "busy" in plan.reason
+    plan = planner.plan_direction(_lstm(), "float32", 64, 256, projected=False, choice="auto",
+                                  cores=2)                 # one worker at any batch: no BLAS pool
+    assert (plan.path, plan.workers) == ("split", 1) and "busy" in plan.reason
     forced = planner.plan_direction(*args, projected=False, choice="split", cores=2)
     assert forced.workers == 2                     # forcing is not second-guessed
 

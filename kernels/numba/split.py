@@ -12,7 +12,7 @@ and stays there for the sequence.  Forward, per step::
     h_t[b, j0:j1] -> the shared, double-buffered h
     barrier (kernels.numba.atomics.wait_for_step)
 
-where each step's ``gx = x_t W_ih[own rows]^T + b_ih`` comes first.
+and ``gx = x_t W_ih[own rows]^T`` for a chunk of steps at a time.
 Backward, per step::
 
     the cell's backward row on the worker's units -> dgx[t], dgh[t] (own columns)
@@ -55,7 +55,7 @@ from . import INLINE, JIT
 from .atomics import wait_for_step
 from .drivers import backward_row, forward_row
 from .gemm import gemm
-from .tiles import pack_panel_column, panel_product, zero_panel_padding
+from .tiles import pack_columns, pack_gate_rows, panel_product
 
 
 @nb.njit(**INLINE)
@@ -92,7 +92,9 @@ def forward_worker(rows, worker, workers, x, w_ih, b_ih, w_hh, b_hh, lengths, re
     w_ih_panels : (P, I, NR), w_hh_panels : (P, H, NR)   scratch: this worker's gate
                              rows of W_ih and W_hh, packed (tiles.py; P*NR >= G*U)
     b_ih_packed, b_hh_packed : (G*U,)   scratch: the same rows of the biases
-    gx : (1, B, P*NR)        scratch: this step's x_t W_ih^T + b_ih, gate columns
+    gx : (C, B, P*NR)        scratch: x_t W_ih^T on the gate columns, for a chunk of C
+                             steps at a time (one product over C*B rows: W_ih
+                             is read once a chunk, not once a step)
     gh : (B, P*NR)           scratch: this step's recurrent product
     cell_state : tuple of (B, U)   scratch: the worker's units of each state
     y_step : (1, B, U)       scratch: what the row writes as y
@@ -108,33 +110,36 @@ def forward_worker(rows, worker, workers, x, w_ih, b_ih, w_hh, b_hh, lengths, re
     G = w_hh.shape[0] // H
     j0, j1 = unit_range(worker, workers, H)
     U = j1 - j0
-    for g in range(G):                          # pack: this worker's rows, gate by gate
-        for u in range(U):
-            r = g * U + u
-            pack_panel_column(w_ih_panels, r, w_ih[g * H + j0 + u])
-            pack_panel_column(w_hh_panels, r, w_hh[g * H + j0 + u])
-            b_ih_packed[r] = b_ih[g * H + j0 + u]
-            b_hh_packed[r] = b_hh[g * H + j0 + u]
-    zero_panel_padding(w_ih_panels, G * U)
-    zero_panel_padding(w_hh_panels, G * U)
+    pack_gate_rows(w_ih_panels, w_ih, H, j0, U)     # this worker's rows, gate by gate
+    pack_gate_rows(w_hh_panels, w_hh, H, j0, U)
+    for g in range(G):
+        b_ih_packed[g * U:(g + 1) * U] = b_ih[g * H + j0:g * H + j1]
+        b_hh_packed[g * U:(g + 1) * U] = b_hh[g * H + j0:g * H + j1]
     for k in range(len(state)):
         for b in range(B):
             cell_state[k][b] = state[k][b, j0:j1]
+    x_rows = x.reshape(T * B, I)
+    chunk = gx.shape[0]
+    gx_rows = gx.reshape(chunk * B, gx.shape[2])
+    first = 0                                   # the earliest step of the current chunk
     for s in range(T):
         t = T - 1 - s if reverse else s
         h_prev, h_next = h_steps[s % 2], h_steps[(s + 1) % 2]
+        if s % chunk == 0:                      # x W_ih^T for the chunk's steps at once
+            steps = min(chunk, T - s)
+            first = t - steps + 1 if reverse else t
+            panel_product(x_rows[first * B:(first + steps) * B], w_ih_panels, gx_rows)
         if keep:
             for k in range(len(state)):
                 for b in range(B):
                     history[k][t, b, j0:j1] = cell_state[k][b]
-        panel_product(x[t], w_ih_panels, gx[0])
         panel_product(h_prev, w_hh_panels, gh)
         for b in range(B):
             if t < lengths[b]:
-                gx_b = gx[0, b]
+                gx_b = gx[t - first, b]
                 for r in range(G * U):
                     gx_b[r] += b_ih_packed[r]
-                forward_row(rows, 0, 0, 0, b, gx, gh, b_hh_packed, cell_state, y_step,
+                forward_row(rows, t - first, 0, 0, b, gx, gh, b_hh_packed, cell_state, y_step,
                             saved_step)
                 y[t, b, j0:j1] = y_step[0, b]
                 if keep:
@@ -198,9 +203,7 @@ def backward_worker(rows, worker, workers, blas, x, dy, w_ih, w_hh, lengths, rev
     G = GH // H
     j0, j1 = unit_range(worker, workers, H)
     U = j1 - j0
-    for u in range(U):                          # pack: W_hh's columns of this worker's units
-        pack_panel_column(w_panels, u, w_hh[:, j0 + u])
-    zero_panel_padding(w_panels, U)
+    pack_columns(w_panels, w_hh, j0, U)         # W_hh's columns of this worker's units
     for k in range(len(carry)):
         for b in range(B):
             cell_carry[k][b] = carry[k][b, j0:j1]

@@ -4,7 +4,7 @@ The split driver's per-step products (``split.py``) are small GEMMs whose
 weight operand is the same for all T steps: ``h_{t-1} (B, H) @ W_slice^T``.
 A BLAS repacks W on every call and, at batch 1-8, takes a GEMV or a
 poorly blocked GEMM.  Here W is packed ONCE into panels of ``NR`` columns
-(:func:`pack_panel_column`), and each tile of the product keeps its ``m x NR``
+(:func:`pack_gate_rows`, :func:`pack_columns`), and each tile of the product keeps its ``m x NR``
 accumulators in vector registers for the whole sum over k::
 
     for k < K:   c[i, :] += a[row0 + i, k] * panel[k, :]      (i < m <= MR)
@@ -140,8 +140,8 @@ def _tile(typingctx, a, row0, rows, panels, panel, out):
 
 @nb.njit(**INLINE)
 def panel_product(a, panels, out):
-    """``out[:, :P*NR] = a @ W^T``, W's rows packed into ``panels`` (P, K, NR) by
-    :func:`pack_panel_column`.
+    """``out[:, :P*NR] = a @ W^T``, W's rows packed into ``panels`` (P, K, NR) as the
+    columns of W^T (:func:`pack_gate_rows`, :func:`pack_columns`).
 
     ``a`` (B, K) and ``out`` (B, >= P*NR) need contiguous rows; the columns of
     ``out`` past W's rows get the zero padding's zeros.
@@ -153,19 +153,43 @@ def panel_product(a, panels, out):
 
 
 @nb.njit(**INLINE)
-def pack_panel_column(panels, column, source):
-    """Column ``column`` of the packed W^T (= row ``column`` of W): ``source`` (K,) into
-    ``panels`` (P, K, NR)."""
-    NR = panels.shape[2]
-    panels[column // NR, :, column % NR] = source
+def pack_gate_rows(panels, w, H, j0, U):
+    """Pack rows ``g*H + j0 + u`` of ``w`` (u < U, every gate block g of H rows) as the
+    columns ``g*U + u`` of W^T: ``panels[c // NR, k, c % NR] = w[row(c), k]``, zeros past
+    the last column.
+
+    A transpose, done by blocks of ``PACK_BLOCK`` k: each source row gives one
+    cache line, and the block's writes stay in one panel's few lines of L1.
+    """
+    P, K, NR = panels.shape
+    columns = w.shape[0] // H * U
+    for p in range(P):
+        for k0 in range(0, K, PACK_BLOCK):
+            k1 = min(k0 + PACK_BLOCK, K)
+            for q in range(NR):
+                c = p * NR + q
+                if c < columns:
+                    source = w[(c // U) * H + j0 + c % U]
+                    for k in range(k0, k1):
+                        panels[p, k, q] = source[k]
+                else:
+                    for k in range(k0, k1):
+                        panels[p, k, q] = 0
 
 
 @nb.njit(**INLINE)
-def zero_panel_padding(panels, columns):
-    """Zero the columns past ``columns`` (the last panel's padding)."""
-    NR = panels.shape[2]
-    for c in range(columns, panels.shape[0] * NR):
-        panels[c // NR, :, c % NR] = 0
+def pack_columns(panels, w, j0, U):
+    """Pack columns ``j0 <= j < j0 + U`` of ``w`` as they are (W^T's rows j are W's columns):
+    ``panels[p, r, q] = w[r, j0 + p*NR + q]``, zeros past the last; row copies."""
+    P, K, NR = panels.shape
+    for p in range(P):
+        width = min(NR, U - p * NR)
+        for r in range(K):
+            panels[p, r, :width] = w[r, j0 + p * NR:j0 + p * NR + width]
+            panels[p, r, width:] = 0
+
+
+PACK_BLOCK = 16
 
 
 def panel_count(columns: int, itemsize: int) -> int:

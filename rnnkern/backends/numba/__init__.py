@@ -34,6 +34,7 @@ GEMMs call.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import functools
 import math
@@ -241,32 +242,31 @@ def _run_split(kernel, cell, plan, arguments_of, x, *shared):
     ``arguments_of(cell, workers, barrier, x, *shared)`` gives each
     worker's argument tuple, made after the worker count is settled (a call
     that finds the helper taken by another user thread runs with one worker
-    rather than queue behind it with its first worker spinning).  While two
-    workers run, the BLAS runs on one thread (threadpoolctl, process-wide for
-    the call's duration, ~6 us for the pair): each worker calls it from its
-    own core, and a multi-threaded call would wake the BLAS pool, whose
-    threads keep spinning after it returns (OpenBLAS: ~2^28 cycles) on the
-    core the other worker needs (measured: lockstep steps 3-10x slower).
+    rather than queue behind it with its first worker spinning).  While the
+    call holds the helper, the BLAS runs on one thread (threadpoolctl,
+    process-wide for the call's duration, ~6 us for the pair; set by one
+    call at a time, so the limits never interleave): each worker calls it
+    from its own core, and a multi-threaded call would wake the BLAS pool,
+    whose threads keep spinning after it returns (OpenBLAS: ~2^28 cycles) on
+    the core the other worker needs (measured: lockstep steps 3-10x slower).
     Everything the workers take is checked and allocated before either starts,
     and no Python runs between their barriers; a worker that fails aborts the
     barrier, so the other returns instead of spinning, and the failure is
     raised here.
     """
-    workers = plan.workers
-    if workers > 1 and not _HELPER.pair.acquire(blocking=False):
-        workers = 1
+    paired = _HELPER.pair.acquire(blocking=False)
+    workers = plan.workers if paired else 1
     try:
         barrier = _workspace("split_barrier", (atomics.BARRIER_SIZE,), np.int64)
         barrier[:] = 0                          # this thread's last call is over: reusable
         arguments = arguments_of(cell, workers, barrier, x, *shared)
-        if workers == 1:
-            if not kernel(*arguments[0]):
-                raise RuntimeError("split path: the worker was aborted")
-            return
-        executor = _HELPER.executor()
-        with _blas_pools().limit(limits=1):
-            second = executor.submit(_guarded_worker, kernel, arguments[1], barrier,
-                                     _other_cpus())
+        with _blas_pools().limit(limits=1) if paired else contextlib.nullcontext():
+            if workers == 1:
+                if not kernel(*arguments[0]):
+                    raise RuntimeError("split path: the worker was aborted")
+                return
+            second = _HELPER.executor().submit(_guarded_worker, kernel, arguments[1], barrier,
+                                               _other_cpus())
             try:
                 finished = kernel(*arguments[0])
             except BaseException:
@@ -277,7 +277,7 @@ def _run_split(kernel, cell, plan, arguments_of, x, *shared):
                 raise RuntimeError("split path: a worker was aborted")
         planner.report_waits(x.shape[0], int(barrier[atomics.SLOW]))
     finally:
-        if workers > 1:
+        if paired:
             _HELPER.pair.release()
 
 
@@ -292,6 +292,11 @@ def _guarded_worker(kernel, arguments, barrier, cpus=None):
     except BaseException:
         barrier[atomics.ABORT] = 1              # the other worker stops waiting for this one
         raise
+
+
+GX_CHUNK_BYTES = 256 * 1024
+"""A split worker's ``x W_ih^T`` for this many bytes of steps at a time: in L2 beside its
+weight panels, and at batch 1 a product over ~100 rows that reads W_ih once, not once a step."""
 
 
 def _forward_arguments(cell, workers, barrier, x, params, lengths, reverse, keep, state, y,
@@ -313,7 +318,8 @@ def _forward_arguments(cell, workers, barrier, x, params, lengths, reverse, keep
         U = _units(worker, workers, H)
         P = tiles.panel_count(G * U, dtype.itemsize)
         NR = tiles.panel_width(dtype.itemsize)
-        shapes = [(P, I, NR), (P, H, NR), (G * U,), (G * U,), (1, B, P * NR), (B, P * NR)] + \
+        chunk = max(1, min(T, GX_CHUNK_BYTES // (B * P * NR * dtype.itemsize)))
+        shapes = [(P, I, NR), (P, H, NR), (G * U,), (G * U,), (chunk, B, P * NR), (B, P * NR)] + \
             [(B, U)] * cell.num_states + [(1, B, U)] + [(1, B, s.width * U) for s in cell.saved]
         w_ih, w_hh, b_ih, b_hh, gx, gh, *rest = _cache_line_arrays(f"split_forward_{worker}",
                                                                     shapes, dtype)

@@ -21,15 +21,15 @@ cross-core exchange of h, ~1-2 us a step, cost more than half the product
 saves); two usable cores; and no recent two-worker run found the second core
 busy (``report_waits``: the workers step in lockstep, so a core taken by
 another process or by a BLAS pool's spinning threads costs a time slice a
-step).  Where the second core is missing or was found busy in the last
-``BUSY_CORE_SECONDS``, one worker runs the split driver up to
-``ONE_WORKER_MAX_BATCH`` rows, the general driver above.  The fallback for a
-busy core is one worker rather than the general driver on purpose: the
-general driver's per-step BLAS calls wake the BLAS pool, whose threads then
-spin on the second core (OpenBLAS: for ~2^28 cycles after each call), and
-keep it busy for the next two-worker try; one worker calls no BLAS between
-steps.  The choice can be forced
-(``use_path``, or ``$RNNKERN_CPU_PATH`` for batch jobs and benchmarks), and
+step).  Where the second core was found busy in the last
+``BUSY_CORE_SECONDS``, one worker runs the split driver; on one usable core,
+one worker up to ``ONE_WORKER_MAX_BATCH`` rows, the general driver above.
+The fallback for a busy core is one worker rather than the general driver on
+purpose: the general driver's per-step BLAS calls wake the BLAS pool, whose
+threads then spin on the second core (OpenBLAS: for ~2^28 cycles after each
+call), and keep it busy for the next two-worker try; the split driver's
+worker calls no BLAS between steps, and its weight gradients' BLAS runs on
+one thread.  The choice can be forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch jobs and benchmarks), and
 every plan taken is recorded for ``rnnkern.show_config()``
 (``recent_paths``).
 """
@@ -59,15 +59,19 @@ SPLIT_MIN_STEP_FLOPS = 400_000
 #: The most workers a split takes: one helper thread beside the caller (the
 #: only count measured: the development machine has two cores).
 MAX_WORKERS = 2
-#: One worker (one usable core, or the second one found busy) runs the
-#: split driver only up to this batch: measured at H = 256, float32,
-#: it beat the general driver at B = 1 (LSTM 18.8 vs 22.1 us a step, GRU
-#: 13.7 vs 15.3, RNN 5.3 vs 6.1) and lost at B = 2 and above.
+#: On one usable core, the split driver (one worker) runs only up to this
+#: batch: measured at H = 256, float32, one worker beat the general driver at
+#: B = 1 (LSTM 18.8 vs 22.1 us a step, GRU 13.7 vs 15.3, RNN 5.3 vs 6.1) and
+#: lost at B = 2 and above.
 ONE_WORKER_MAX_BATCH = 1
 #: After a two-worker run whose barrier waits outlasted the spin at more than
 #: one step in ``SLOW_WAIT_SHARE``, ``auto`` plans one worker for this long.
+#: A core taken by another process or a spinning BLAS pool (which yields
+#: often) slows most steps' waits; a first call's page faults (fresh arrays
+#: touched by both workers) slowed 4-11 waits in 100 on the 2-core VM, and
+#: with a share of 1/16 they sent the bench's timed calls to one worker.
 BUSY_CORE_SECONDS = 1.0
-SLOW_WAIT_SHARE = 16
+SLOW_WAIT_SHARE = 2
 _ENVIRONMENT = "RNNKERN_CPU_PATH"
 _busy_until = 0.0        # time.monotonic() before which the second core counts as busy
 
@@ -201,10 +205,9 @@ def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, core
     elif step_flops < SPLIT_MIN_STEP_FLOPS:
         why_not = (f"a step's product ({step_flops} FLOPs) under {SPLIT_MIN_STEP_FLOPS}: "
                    "too small for a split to pay")
-    elif workers < 2 and batch > ONE_WORKER_MAX_BATCH:
-        why_not = (f"{cores} usable core(s)" if cores < 2 else
-                   "a recent two-worker run found the second core busy") + \
-            f", and one worker beats the general driver only up to batch {ONE_WORKER_MAX_BATCH}"
+    elif cores < 2 and batch > ONE_WORKER_MAX_BATCH:
+        why_not = (f"{cores} usable core(s), and one worker beats the general driver only up "
+                   f"to batch {ONE_WORKER_MAX_BATCH}")
     elif workers < 2:
         return Plan("split", f"batch {batch}; one worker: " + (
             f"{cores} usable core(s)" if cores < 2 else
