@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import llvmlite.binding as llvm
 import numba as nb
+import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
@@ -163,15 +164,18 @@ def pack_gate_rows(panels, w, H, j0, U):
     """
     P, K, NR = panels.shape
     columns = w.shape[0] // H * U
+    source = np.empty(NR, np.intp)              # the row of w behind each column of a panel
     for p in range(P):
+        for q in range(NR):
+            c = p * NR + q
+            source[q] = (c // U) * H + j0 + c % U if c < columns else -1
         for k0 in range(0, K, PACK_BLOCK):
             k1 = min(k0 + PACK_BLOCK, K)
             for q in range(NR):
-                c = p * NR + q
-                if c < columns:
-                    source = w[(c // U) * H + j0 + c % U]
+                row = source[q]
+                if row >= 0:
                     for k in range(k0, k1):
-                        panels[p, k, q] = source[k]
+                        panels[p, k, q] = w[row, k]
                 else:
                     for k in range(k0, k1):
                         panels[p, k, q] = 0
