@@ -33,13 +33,6 @@ from torch_oracle import oracle_run
 RUNS = {"general": ("general", None), "one_worker": ("split", 1), "two_workers": ("split", 2)}
 
 
-@pytest.fixture(autouse=True)
-def no_busy_core_seen(monkeypatch):
-    """Every test starts as if no two-worker run had found the second core busy (runs on
-    a loaded machine set that; it is restored after the test)."""
-    monkeypatch.setattr(planner, "_busy_until", 0.0)
-
-
 def _states(state):
     return list(state) if isinstance(state, tuple) else [state]
 
@@ -287,21 +280,6 @@ def test_the_environment_variable_forces_the_path_in_a_fresh_process():
     bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, RNNKERN_CPU_PATH="fastest"))
     assert bad.returncode != 0 and "RNNKERN_CPU_PATH" in bad.stderr
-
-
-def test_a_busy_second_core_makes_auto_use_one_worker():
-    args = (_lstm(), "float32", 1, 256)
-    assert planner.plan_direction(*args, projected=False, choice="auto", cores=2).workers == 2
-    planner.report_waits(100, 100 // planner.SLOW_WAIT_SHARE)          # at the share: fine
-    assert planner.plan_direction(*args, projected=False, choice="auto", cores=2).workers == 2
-    planner.report_waits(100, 100 // planner.SLOW_WAIT_SHARE + 1)
-    plan = planner.plan_direction(*args, projected=False, choice="auto", cores=2)
-    assert (plan.path, plan.workers) == ("split", 1) and "busy" in plan.reason
-    plan = planner.plan_direction(_lstm(), "float32", 64, 256, projected=False, choice="auto",
-                                  cores=2)                 # one worker at any batch: no BLAS pool
-    assert (plan.path, plan.workers) == ("split", 1) and "busy" in plan.reason
-    forced = planner.plan_direction(*args, projected=False, choice="split", cores=2)
-    assert forced.workers == 2                     # forcing is not second-guessed
 
 
 # ------------------------------------------------------------------ the workers

@@ -14,8 +14,6 @@ The barrier is ONE ``int64`` array shared by the workers, zero at the start::
     barrier[ABORT]     nonzero: give up waiting (set by the Python side when a
                        worker could not start or failed; a waiting worker
                        returns False instead of spinning forever)
-    barrier[SLOW]      waits that outlasted the spin and yielded (the peer was
-                       descheduled or late: the planner's sign of a busy core)
 
 ARRIVED on a cache line of its own.  Loads in the spin loop are ``seq_cst`` atomic
 loads: a plain load would be hoisted out of the loop by LLVM.  A waiter
@@ -36,7 +34,7 @@ from numba.extending import intrinsic
 
 from . import INLINE
 
-ARRIVED, ABORT, SLOW, BARRIER_SIZE = 0, 16, 24, 32     # int64 slots
+ARRIVED, ABORT, BARRIER_SIZE = 0, 16, 24     # int64 slots
 SPIN_LIMIT = 1000        # pause rounds before yielding: ~10 us on Zen 4 (a pause ~9 ns here)
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
@@ -124,9 +122,6 @@ def wait_for_step(barrier, workers, step, yield_address):
             spins += 1
             cpu_relax()
             continue
-        if spins == SPIN_LIMIT:
-            spins += 1
-            atomic_add(barrier, SLOW, 1)
         if yield_address != 0:
             call_int_function(yield_address)
         else:

@@ -136,8 +136,9 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
         _run_split(split.forward_worker, cell, plan, _forward_arguments, np.ascontiguousarray(x),
                    params, lengths, reverse, keep, state, y, history, saved)
     else:
-        m = _general_forward(cell, x, params, lengths, reverse, keep, state, y, history, saved,
-                             scratch, kept)
+        with _cores_held() if plan.one_blas_thread else contextlib.nullcontext():
+            m = _general_forward(cell, x, params, lengths, reverse, keep, state, y, history,
+                                 saved, scratch, kept)
     if not keep:
         return y, state, None
     tape = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "lengths": lengths,
@@ -242,42 +243,52 @@ def _run_split(kernel, cell, plan, arguments_of, x, *shared):
     ``arguments_of(cell, workers, barrier, x, *shared)`` gives each
     worker's argument tuple, made after the worker count is settled (a call
     that finds the helper taken by another user thread runs with one worker
-    rather than queue behind it with its first worker spinning).  While the
-    call holds the helper, the BLAS runs on one thread (threadpoolctl,
-    process-wide for the call's duration, ~6 us for the pair; set by one
-    call at a time, so the limits never interleave): each worker calls it
-    from its own core, and a multi-threaded call would wake the BLAS pool,
-    whose threads keep spinning after it returns (OpenBLAS: ~2^28 cycles) on
-    the core the other worker needs (measured: lockstep steps 3-10x slower).
+    rather than queue behind it with its first worker spinning; see
+    :func:`_cores_held`).
     Everything the workers take is checked and allocated before either starts,
     and no Python runs between their barriers; a worker that fails aborts the
     barrier, so the other returns instead of spinning, and the failure is
     raised here.
     """
-    paired = _HELPER.pair.acquire(blocking=False)
-    workers = plan.workers if paired else 1
-    try:
+    with _cores_held() as held:
+        workers = plan.workers if held else 1
         barrier = _workspace("split_barrier", (atomics.BARRIER_SIZE,), np.int64)
         barrier[:] = 0                          # this thread's last call is over: reusable
         arguments = arguments_of(cell, workers, barrier, x, *shared)
-        with _blas_pools().limit(limits=1) if paired else contextlib.nullcontext():
-            if workers == 1:
-                if not kernel(*arguments[0]):
-                    raise RuntimeError("split path: the worker was aborted")
-                return
-            second = _HELPER.executor().submit(_guarded_worker, kernel, arguments[1], barrier,
-                                               _other_cpus())
-            try:
-                finished = kernel(*arguments[0])
-            except BaseException:
-                barrier[atomics.ABORT] = 1      # the helper stops waiting for this worker
-                concurrent.futures.wait([second])
-                raise
-            if not (second.result() and finished):   # the helper's exception, if it raised
-                raise RuntimeError("split path: a worker was aborted")
-        planner.report_waits(x.shape[0], int(barrier[atomics.SLOW]))
+        if workers == 1:
+            if not kernel(*arguments[0]):
+                raise RuntimeError("split path: the worker was aborted")
+            return
+        second = _HELPER.executor().submit(_guarded_worker, kernel, arguments[1], barrier,
+                                           _other_cpus())
+        try:
+            finished = kernel(*arguments[0])
+        except BaseException:
+            barrier[atomics.ABORT] = 1          # the helper stops waiting for this worker
+            concurrent.futures.wait([second])
+            raise
+        if not (second.result() and finished):   # the helper's exception, if it raised
+            raise RuntimeError("split path: a worker was aborted")
+
+
+@contextlib.contextmanager
+def _cores_held():
+    """Hold the process's cores for one call: the helper thread, and the BLAS on one thread.
+
+    Yields False (holding nothing) when another call of this process holds
+    them.  The BLAS limit (threadpoolctl, process-wide for the call's
+    duration, ~6 us for the pair) is set by one call at a time, so limits
+    never interleave: each split worker calls the BLAS from its own core, and
+    a multi-threaded call would wake the BLAS pool, whose threads keep
+    spinning after it returns (OpenBLAS: ~2^28 cycles) on the core the other
+    worker needs (measured: lockstep steps 3-10x slower).
+    """
+    held = _HELPER.pair.acquire(blocking=False)
+    try:
+        with _blas_pools().limit(limits=1) if held else contextlib.nullcontext():
+            yield held
     finally:
-        if paired:
+        if held:
             _HELPER.pair.release()
 
 
@@ -416,14 +427,15 @@ def backward_direction(cell, dy, dstate_n, tape):
         projection = (np.ascontiguousarray(w_hr), (np.empty((B, H), dtype),) + carry[1:],
                       np.broadcast_to(np.zeros((1, 1, H), dtype), (T, B, H)),
                       _workspace("dh_projected", (T, B, P), dtype))
-    drivers.backward_sequence(
-        drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), dy,
-        np.ascontiguousarray(w_hh), tape["lengths"], tape["reverse"], history, tape["saved"],
-        carry, dgx, dgh, _workspace("dh_recurrent", (B, P), dtype), *projection)
-    dx, grads = weight_gradients(np, _matmul, _rows(x), _rows(history[0]), _rows(dgx),
-                                 _rows(dgh), w_ih)
-    if w_hr is not None:         # dW_hr = sum_t dh_t^T m_t
-        grads["weight_hr"] = _matmul(_rows(projection[3]).T, _rows(tape["m"]))
+    with _cores_held() if plan.one_blas_thread else contextlib.nullcontext():
+        drivers.backward_sequence(
+            drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), dy,
+            np.ascontiguousarray(w_hh), tape["lengths"], tape["reverse"], history, tape["saved"],
+            carry, dgx, dgh, _workspace("dh_recurrent", (B, P), dtype), *projection)
+        dx, grads = weight_gradients(np, _matmul, _rows(x), _rows(history[0]), _rows(dgx),
+                                     _rows(dgh), w_ih)
+        if w_hr is not None:     # dW_hr = sum_t dh_t^T m_t
+            grads["weight_hr"] = _matmul(_rows(projection[3]).T, _rows(tape["m"]))
     return dx.reshape(T, B, I), carry, grads
 
 

@@ -18,18 +18,19 @@ process may use; forward (with or without a tape) and backward plan alike.
 projection (``proj_size`` needs all of ``m_t`` between steps); a step's
 product of at least ``SPLIT_MIN_STEP_FLOPS`` (below, the barrier and the
 cross-core exchange of h, ~1-2 us a step, cost more than half the product
-saves); two usable cores; and no recent two-worker run found the second core
-busy (``report_waits``: the workers step in lockstep, so a core taken by
-another process or by a BLAS pool's spinning threads costs a time slice a
-step).  Where the second core was found busy in the last
-``BUSY_CORE_SECONDS``, one worker runs the split driver; on one usable core,
-one worker up to ``ONE_WORKER_MAX_BATCH`` rows, the general driver above.
-The fallback for a busy core is one worker rather than the general driver on
-purpose: the general driver's per-step BLAS calls wake the BLAS pool, whose
-threads then spin on the second core (OpenBLAS: for ~2^28 cycles after each
-call), and keep it busy for the next two-worker try; the split driver's
-worker calls no BLAS between steps, and its weight gradients' BLAS runs on
-one thread.  The choice can be forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch jobs and benchmarks), and
+saves; such layers run the general driver with the BLAS on one thread, so
+that no BLAS pool wakes to spin on the core the next split layer needs); and
+two usable cores.  On one usable core, one split worker up to
+``ONE_WORKER_MAX_BATCH`` rows, the general driver above.
+
+There is no fallback for a second core that another process or a spinning
+BLAS pool keeps busy: the workers step in lockstep, so they then run at
+about one worker's speed (measured, LSTM B=32 H=256 float32 inference on
+the 2-core VM right after a multi-threaded NumPy matmul: 22.5 ms against
+10.6 ms alone, one worker ~20 ms), and a detector of slow barrier waits
+tried here mistook a first call's page faults for a busy core and halved
+the speed of the calls after it.
+The choice can be forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch jobs and benchmarks), and
 every plan taken is recorded for ``rnnkern.show_config()``
 (``recent_paths``).
 """
@@ -39,23 +40,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import time
 
 import numpy as np
 
 from ..paths import PathSetting, PlanLog
 
 __all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "MAX_WORKERS",
-           "ONE_WORKER_MAX_BATCH", "BUSY_CORE_SECONDS", "Plan", "use_path", "path_choice",
-           "usable_cores", "policy", "plan_direction", "recent_paths", "report_waits"]
+           "ONE_WORKER_MAX_BATCH", "Plan", "use_path", "path_choice",
+           "usable_cores", "policy", "plan_direction", "recent_paths"]
 
 #: What ``use_path`` and ``$RNNKERN_CPU_PATH`` accept.
 PATHS = ("auto", "split", "general")
 #: ``auto`` splits a layer-direction whose step product ``2 B G H^2`` has at
-#: least this many FLOPs.  Measured on the 2-core VM (float32, B = 1, H = 256):
-#: the split ran the LSTM's step (524k FLOPs, a 1 MiB W_hh) 1.45x faster than
-#: one worker, the RNN's (131k FLOPs) no faster.
-SPLIT_MIN_STEP_FLOPS = 400_000
+#: least this many FLOPs.  Measured on the 2-core VM (float32, T = 100,
+#: I = 128, inference / forward+backward ms, general vs split): at 131k FLOPs
+#: a step (RNN H=256 B=1, LSTM H=128 B=1, RNN H=128 B=4) the split is level
+#: or slower (0.55/1.33 vs 0.55/1.52; 0.64/1.59 vs 0.63/1.82; 0.33/0.99 vs
+#: 0.52/1.59), at 393k (GRU H=256 B=1) faster (1.42 vs 1.13 inference).
+SPLIT_MIN_STEP_FLOPS = 200_000
 #: The most workers a split takes: one helper thread beside the caller (the
 #: only count measured: the development machine has two cores).
 MAX_WORKERS = 2
@@ -64,28 +66,21 @@ MAX_WORKERS = 2
 #: B = 1 (LSTM 18.8 vs 22.1 us a step, GRU 13.7 vs 15.3, RNN 5.3 vs 6.1) and
 #: lost at B = 2 and above.
 ONE_WORKER_MAX_BATCH = 1
-#: After a two-worker run whose barrier waits outlasted the spin at more than
-#: one step in ``SLOW_WAIT_SHARE``, ``auto`` plans one worker for this long.
-#: A core taken by another process or a spinning BLAS pool (which yields
-#: often) slows most steps' waits; a first call's page faults (fresh arrays
-#: touched by both workers) slowed 4-11 waits in 100 on the 2-core VM, and
-#: with a share of 1/16 they sent the bench's timed calls to one worker.
-BUSY_CORE_SECONDS = 1.0
-SLOW_WAIT_SHARE = 2
 _ENVIRONMENT = "RNNKERN_CPU_PATH"
-_busy_until = 0.0        # time.monotonic() before which the second core counts as busy
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """The driver of one layer-direction; ``reason`` says why in words.
 
-    ``workers`` matters on the split path only.
+    ``workers`` matters on the split path only; ``one_blas_thread`` (general
+    path) asks for the BLAS on one thread during the call.
     """
 
     path: str
     reason: str
     workers: int = 0
+    one_blas_thread: bool = False
 
     def describe(self) -> str:
         if self.path == "split":
@@ -125,17 +120,6 @@ def usable_cores() -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return max(1, min(cores, numba.config.NUMBA_NUM_THREADS))
-
-
-def report_waits(steps: int, slow_waits: int) -> None:
-    """What a two-worker run saw: ``slow_waits`` of its ``steps`` barriers outlasted the spin."""
-    global _busy_until
-    if slow_waits > steps // SLOW_WAIT_SHARE:
-        _busy_until = time.monotonic() + BUSY_CORE_SECONDS
-
-
-def _second_core_busy() -> bool:
-    return time.monotonic() < _busy_until
 
 
 def policy() -> str:
@@ -193,9 +177,8 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
 def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, cores):
     if choice == "general":
         return Plan("general", "forced")
-    busy = choice == "auto" and workers is None and _second_core_busy()
     if workers is None:
-        workers = min(MAX_WORKERS, cores) if not busy else 1
+        workers = min(MAX_WORKERS, cores)
     workers = min(workers, hidden)
     step_flops = 2 * batch * cell.num_gates * hidden * hidden
     if projected:
@@ -203,15 +186,17 @@ def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, core
     elif choice == "split":
         return Plan("split", "forced", workers)
     elif step_flops < SPLIT_MIN_STEP_FLOPS:
-        why_not = (f"a step's product ({step_flops} FLOPs) under {SPLIT_MIN_STEP_FLOPS}: "
-                   "too small for a split to pay")
+        # Products this small gain nothing from BLAS threads, and a woken BLAS pool
+        # would spin on the core the next split layer's second worker needs.
+        return Plan("general", f"a step's product ({step_flops} FLOPs) under "
+                               f"{SPLIT_MIN_STEP_FLOPS}: too small for a split to pay; one BLAS "
+                               "thread", one_blas_thread=True)
     elif cores < 2 and batch > ONE_WORKER_MAX_BATCH:
         why_not = (f"{cores} usable core(s), and one worker beats the general driver only up "
                    f"to batch {ONE_WORKER_MAX_BATCH}")
     elif workers < 2:
         return Plan("split", f"batch {batch}; one worker: " + (
-            f"{cores} usable core(s)" if cores < 2 else
-            "a recent two-worker run found the second core busy"), workers)
+            f"{cores} usable core(s)" if cores < 2 else f"{hidden} hidden unit(s)"), workers)
     else:
         return Plan("split", f"a step's product of {step_flops} FLOPs split over {workers} "
                              "cores", workers)
