@@ -9,6 +9,8 @@ code and check that the gate names them; and check the counting itself.
 """
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import pytest
 import rnnkern.backends.cuda.driver as cuda_driver
 import rnnkern.backends.numba as numba_backend
 from rnnkern.bench import compare, gate, metrics
+from rnnkern.backends.numba.planner import use_path
 from rnnkern.bench.workloads import make_layer
 from rnnkern.cells import CELLS
 
@@ -24,11 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 CELL = "rnn_tanh"          # one cell keeps the injected runs short
 
 
-def test_gate_passes_on_the_tree(capsys):
-    status = gate.main([])
-    out, err = capsys.readouterr()
-    assert status == 0, out + err
-    assert "gate passed" in out
+def test_gate_passes_on_the_tree():
+    """In a fresh process, as CI and developers run it: traced bytes include Python's own
+    small objects, whose free lists and dict sizes the tests run before would shift
+    (the split driver's figures moved by ~2 KiB in-process after tests/test_split.py)."""
+    completed = subprocess.run([sys.executable, "-m", "rnnkern.bench.gate"], cwd=REPO,
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "gate passed" in completed.stdout
 
 
 def test_baseline_covers_every_cell_and_metric():
@@ -84,7 +90,7 @@ def test_gate_fails_on_an_extra_launch_per_step(monkeypatch, capsys):
                  f"{CELL}/cuda-step-emulated/kernel_launches_forward_backward"):
         assert f"{name}: rose" in err
         assert f"(baseline {baseline[name]}, now {baseline[name] + T})" in err
-    assert "numba" not in err
+    assert "/numba/" not in err
 
 
 def test_compare_applies_the_tolerance():
@@ -106,14 +112,16 @@ def test_compare_applies_the_tolerance():
 
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_the_counting_run_computes_what_the_compiled_run_does(cell):
-    """The drivers' bytecode run as Python (to count their GEMMs) gives the compiled results."""
+    """The general drivers' bytecode run as Python (to count their GEMMs) gives the compiled
+    results."""
     shape, dtype = metrics.METRIC_SHAPE, metrics.METRIC_DTYPE
     layer = make_layer(cell, shape, dtype, "cpu", seed=1)
     x, dy = metrics._seeded_input(shape, dtype, seed=1)
-    compiled = metrics._run_pass(layer, x, dy, "forward_backward")
     counter = metrics.GemmCounter()
-    with metrics.counting_numba_gemms(counter):
-        counted = metrics._run_pass(layer, x, dy, "forward_backward")
+    with use_path("general"):
+        compiled = metrics._run_pass(layer, x, dy, "forward_backward")
+        with metrics.counting_numba_gemms(counter):
+            counted = metrics._run_pass(layer, x, dy, "forward_backward")
     np.testing.assert_allclose(counted[0], compiled[0], rtol=1e-5, atol=1e-6)
     for name, grad in compiled[2].items():
         np.testing.assert_allclose(counted[2][name], grad, rtol=1e-5, atol=1e-6)

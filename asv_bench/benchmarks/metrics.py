@@ -6,8 +6,10 @@ for what each counts and how), the function the regression gate
 ``asv_bench/baseline_metrics.json``.  They do not depend on machine noise, so
 their asv history shows a step exactly at the commit that changed them.
 
-- :class:`NumbaMetrics`: NumPy arrays on the Numba backend: traced peak and
-  kept bytes, BLAS calls and FLOPs per pass.
+- :class:`NumbaMetrics`: NumPy arrays on the Numba backend's general driver:
+  traced peak and kept bytes, BLAS calls and FLOPs per pass.
+- :class:`NumbaSplitMetrics`: the same on its split driver: traced peak and
+  kept bytes (its products and BLAS calls run inside the workers).
 - :class:`EmulatedCudaStepMetrics`, :class:`EmulatedCudaPersistentMetrics`:
   the CUDA backend's orchestration run by the host emulation (no GPU
   needed), on its step path and on its persistent path: kernel launches,
@@ -52,6 +54,17 @@ class NumbaMetrics:
         _measured(cell, "numba")
 
 
+class NumbaSplitMetrics:
+    """Memory of one layer on the Numba backend's split driver."""
+
+    params = [list(CELLS)]
+    param_names = ["cell"]
+    timeout = 300
+
+    def setup(self, cell):
+        _measured(cell, "numba-split")
+
+
 class EmulatedCudaStepMetrics:
     """Kernel launches, GEMM calls and FLOPs of the CUDA step path, in the host emulation."""
 
@@ -74,7 +87,7 @@ class EmulatedCudaPersistentMetrics:
         _measured(cell, "cuda-persistent-emulated")
 
 
-for _class, _backend in ((NumbaMetrics, "numba"),
+for _class, _backend in ((NumbaMetrics, "numba"), (NumbaSplitMetrics, "numba-split"),
                          (EmulatedCudaStepMetrics, "cuda-step-emulated"),
                          (EmulatedCudaPersistentMetrics, "cuda-persistent-emulated")):
     for _metric in metrics.METRICS[_backend]:

@@ -15,7 +15,8 @@ one pass: ``inference`` (``layer(x)``, no tape), ``forward``
 Backends
 --------
 ``numba``
-    NumPy arrays, the Numba backend (``rnnkern.backends.numba``).
+    NumPy arrays, the Numba backend (``rnnkern.backends.numba``), its
+    general driver forced (``planner.use_path("general")``).
 
     - ``peak_bytes_<pass>``: the high-water mark of traced memory
       (:mod:`tracemalloc`, which NumPy reports every array buffer to) above
@@ -38,6 +39,12 @@ Backends
       code, so a GEMM added to (or removed from) the loop changes the count;
       ``tests/test_regression_gate.py`` checks that this counting run gives
       the compiled run's results.
+
+``numba-split``
+    The same on the split driver (``planner.use_path("split")``): the
+    memory figures only.  Its products run on its own register tiles and its
+    weight gradients' GEMMs inside the worker threads, where no Python
+    wrapper sees them.
 
 ``cuda-step-emulated``, ``cuda-persistent-emulated``
     The CUDA backend's orchestration (``rnnkern.backends.cuda.driver``) on
@@ -85,7 +92,7 @@ __all__ = ["METRIC_SHAPE", "METRIC_DTYPE", "BACKENDS", "METRICS", "metric_names"
 #: make them come and go from call to call) move the figures by < 1 KiB.
 METRIC_SHAPE = BenchShape(T=16, B=8, I=32, H=64)
 METRIC_DTYPE = "float32"
-BACKENDS = ("numba", "cuda-step-emulated", "cuda-persistent-emulated")
+BACKENDS = ("numba", "numba-split", "cuda-step-emulated", "cuda-persistent-emulated")
 PASSES = ("inference", "forward", "forward_backward")
 
 #: The metrics of each backend, in report order.
@@ -94,6 +101,10 @@ METRICS = {
               "peak_bytes_forward_backward",
               "blas_calls_inference", "blas_calls_forward", "blas_calls_forward_backward",
               "blas_flops_inference", "blas_flops_forward", "blas_flops_forward_backward"),
+    # the split driver's products run on its own tiles and its BLAS calls inside
+    # the workers, where no Python wrapper sees them: memory only
+    "numba-split": ("peak_bytes_inference", "peak_bytes_forward", "kept_bytes_forward",
+                    "peak_bytes_forward_backward"),
 }
 _CUDA_METRICS = ("host_calls_inference", "host_calls_forward", "host_calls_forward_backward",
                  "kernel_launches_inference", "kernel_launches_forward",
@@ -249,23 +260,29 @@ def counting_numba_gemms(counter):
         yield counter
 
 
-def _numba_metrics(cell, shape, dtype):
+def _numba_metrics(cell, shape, dtype, path):
+    """The metrics of the Numba backend with its CPU driver forced to ``path``
+    (``"general"`` for ``numba``, ``"split"`` for ``numba-split``)."""
+    from ..backends.numba.planner import use_path
+
     layer = make_layer(cell, shape, dtype, "cpu", seed=0)
     x, dy = _seeded_input(shape, dtype)
-    _run_pass(layer, x, dy, "forward_backward")          # compile / load the kernels
-    _run_pass(layer, x, dy, "forward_backward")          # fill every lazy cache
-    _run_pass(layer, x, dy, "inference")                 # and the inference workspaces
     out = {}
-    for name in PASSES:
-        peak, kept = _traced_bytes(layer, x, dy, name)
-        out[f"peak_bytes_{name}"] = peak
-        if name == "forward":
-            out["kept_bytes_forward"] = kept
-        counter = GemmCounter()
-        with counting_numba_gemms(counter):
-            _run_pass(layer, x, dy, name)
-        out[f"blas_calls_{name}"] = counter.calls
-        out[f"blas_flops_{name}"] = counter.flops
+    with use_path(path):
+        _run_pass(layer, x, dy, "forward_backward")      # compile / load the kernels
+        _run_pass(layer, x, dy, "forward_backward")      # fill every lazy cache
+        _run_pass(layer, x, dy, "inference")             # and the inference workspaces
+        for name in PASSES:
+            peak, kept = _traced_bytes(layer, x, dy, name)
+            out[f"peak_bytes_{name}"] = peak
+            if name == "forward":
+                out["kept_bytes_forward"] = kept
+            if path == "general":
+                counter = GemmCounter()
+                with counting_numba_gemms(counter):
+                    _run_pass(layer, x, dy, name)
+                out[f"blas_calls_{name}"] = counter.calls
+                out[f"blas_flops_{name}"] = counter.flops
     return out
 
 
@@ -306,7 +323,8 @@ def _emulated_cuda_metrics(cell, shape, dtype, path):
     return out
 
 
-_MEASURES = {"numba": _numba_metrics,
+_MEASURES = {"numba": lambda *args: _numba_metrics(*args, "general"),
+             "numba-split": lambda *args: _numba_metrics(*args, "split"),
              "cuda-step-emulated": lambda *args: _emulated_cuda_metrics(*args, "step"),
              "cuda-persistent-emulated": lambda *args: _emulated_cuda_metrics(*args,
                                                                               "persistent")}
