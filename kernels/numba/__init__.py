@@ -6,6 +6,10 @@ Layout::
     gemm.py          GEMM through a CBLAS called by address
     drivers.py       forward_sequence / backward_sequence: the time loop, the
                      length mask, the carries and the GEMMs, for any cell
+    split.py         forward_worker / backward_worker: the same on worker
+                     threads, the weights split by hidden units
+    tiles.py         register-tiled products on weights packed into panels
+    atomics.py       atomics and the workers' spin barrier
     elman.py, lstm.py, gru.py
                      each cell's fused pointwise rows (one batch row of one
                      step), named by ``rnnkern.cells.Cell.kernels["numba"]``
