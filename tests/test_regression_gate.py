@@ -90,7 +90,7 @@ def test_gate_fails_on_an_extra_launch_per_step(monkeypatch, capsys):
                  f"{CELL}/cuda-step-emulated/kernel_launches_forward_backward"):
         assert f"{name}: rose" in err
         assert f"(baseline {baseline[name]}, now {baseline[name] + T})" in err
-    assert "/numba/" not in err
+    assert "/numba/blas_" not in err    # (traced bytes may move in-process: see above)
 
 
 def test_compare_applies_the_tolerance():
