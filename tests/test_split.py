@@ -198,7 +198,8 @@ def test_auto_splits_every_batch_where_a_step_is_big_enough():
     for batch in (1, 8, 64):
         for training in (False, True):
             plan = planner.plan_direction(_lstm(), "float32", batch, 256, projected=False,
-                                          training=training, choice="auto", cores=2)
+                                          training=training, choice="auto", cores=2,
+                                          others_running=0)
             assert (plan.path, plan.workers) == ("split", 2)
 
 
@@ -208,7 +209,7 @@ def test_a_small_step_stays_on_the_general_path():
     assert 2 * 256 * 256 < planner.SPLIT_MIN_STEP_FLOPS
     assert plan.path == "general" and "too small" in plan.reason
     bigger = planner.plan_direction(CELLS["rnn_tanh"], "float32", 8, 256, projected=False,
-                                    choice="auto", cores=2)
+                                    choice="auto", cores=2, others_running=0)
     assert bigger.path == "split"
 
 
@@ -222,6 +223,35 @@ def test_one_core_means_one_worker_at_batch_one_else_the_general_path():
     forced = planner.plan_direction(_lstm(), "float32", 4, 256, projected=False,
                                     choice="split", cores=1)
     assert (forced.path, forced.workers) == ("split", 1)
+
+
+def test_another_running_thread_sends_auto_to_the_general_path():
+    args = (_lstm(), "float32", 32, 256)
+    plan = planner.plan_direction(*args, projected=False, choice="auto", cores=2,
+                                  others_running=1)
+    assert plan.path == "general" and "another thread" in plan.reason
+    forced = planner.plan_direction(*args, projected=False, choice="split", cores=2,
+                                    others_running=1)
+    assert (forced.path, forced.workers) == ("split", 2)      # forcing is not second-guessed
+
+
+def test_a_spinning_blas_pool_is_seen_and_the_helper_is_not():
+    """After a multi-threaded NumPy matmul the BLAS pool's threads spin for a while (when
+    the BLAS has more than one thread here); the split path's own helper never counts."""
+    from threadpoolctl import threadpool_info
+
+    with planner.use_path("split", workers=2):             # the helper exists and is idle
+        make_layer(_lstm(), 4, 32, 1, dtype="float32", seed=0)(np.ones((3, 2, 4), np.float32))
+    assert numba_backend._HELPER.executor() is not None and planner.QUIET_THREADS
+    if max((pool["num_threads"] for pool in threadpool_info()
+            if pool["user_api"] == "blas"), default=1) < 2 or planner.usable_cores() < 2:
+        pytest.skip("one BLAS thread or one core: no pool to spin")
+    a = np.random.default_rng(0).standard_normal((400, 400))
+    seen = 0
+    for _ in range(5):
+        a @ a
+        seen = max(seen, planner.other_threads_running())
+    assert seen >= 1
 
 
 def test_workers_never_outnumber_the_hidden_units():

@@ -295,6 +295,7 @@ def _cores_held():
 def _guarded_worker(kernel, arguments, barrier, cpus=None):
     """The helper's side: pinned to ``cpus`` (if given), run the worker; on any failure abort
     the barrier so that the other worker returns."""
+    planner.QUIET_THREADS.add(threading.get_native_id())   # idle between calls
     try:
         if cpus is not None and _HELPER.pinned != cpus:
             os.sched_setaffinity(0, cpus)       # this thread only

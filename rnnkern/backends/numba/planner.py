@@ -23,13 +23,14 @@ that no BLAS pool wakes to spin on the core the next split layer needs); and
 two usable cores.  On one usable core, one split worker up to
 ``ONE_WORKER_MAX_BATCH`` rows, the general driver above.
 
-There is no fallback for a second core that another process or a spinning
-BLAS pool keeps busy: the workers step in lockstep, so they then run at
-about one worker's speed (measured, LSTM B=32 H=256 float32 inference on
-the 2-core VM right after a multi-threaded NumPy matmul: 22.5 ms against
-10.6 ms alone, one worker ~20 ms), and a detector of slow barrier waits
-tried here mistook a first call's page faults for a busy core and halved
-the speed of the calls after it.
+Nor where another thread of this process is running (``other_threads_running``,
+read from procfs at each plan: a BLAS pool still spinning after a NumPy call,
+the user's own threads): the workers step in lockstep, so a thread sharing
+the second core stalls every step (measured, LSTM B=32 T=64 H=256 float32
+training with a Dense matmul between steps: split 48 ms a step, general
+30.8, split alone 22.3); ``auto`` takes the general driver then.  Other
+processes on the second core are not seen; a detector of slow barrier
+waits, tried, mistook a first call's page faults for a busy core.
 The choice can be forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch jobs and benchmarks), and
 every plan taken is recorded for ``rnnkern.show_config()``
 (``recent_paths``).
@@ -40,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 
 import numpy as np
 
@@ -47,7 +49,7 @@ from ..paths import PathSetting, PlanLog
 
 __all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "MAX_WORKERS",
            "ONE_WORKER_MAX_BATCH", "Plan", "use_path", "path_choice",
-           "usable_cores", "policy", "plan_direction", "recent_paths"]
+           "usable_cores", "other_threads_running", "policy", "plan_direction", "recent_paths"]
 
 #: What ``use_path`` and ``$RNNKERN_CPU_PATH`` accept.
 PATHS = ("auto", "split", "general")
@@ -122,6 +124,40 @@ def usable_cores() -> int:
     return max(1, min(cores, numba.config.NUMBA_NUM_THREADS))
 
 
+#: Native thread ids that ``other_threads_running`` does not count (the split
+#: path's own helper thread, which may still be returning from the last call).
+QUIET_THREADS = set()
+
+
+def other_threads_running() -> int:
+    """How many other threads of this process are running now (state R in
+    ``/proc/self/task/*/stat``; 0 where there is no procfs), less ``QUIET_THREADS``.
+
+    A BLAS pool keeps its threads spinning for a while after each
+    multi-threaded call (OpenBLAS: ~0.1-0.3 s measured here after a NumPy
+    matmul); sharing a core with one, two lockstep split workers ran a
+    training step at 48 ms against 30.8 on the general driver and 22.3 alone
+    (LSTM B=32 T=64 H=256 float32, a Dense matmul between steps).  ~10 us.
+    """
+    me = threading.get_native_id()
+    running = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        if int(task) == me or int(task) in QUIET_THREADS:
+            continue
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as stat:
+                fields = stat.read()
+        except OSError:                         # the thread ended meanwhile
+            continue
+        state = fields[fields.rindex(b")") + 2:fields.rindex(b")") + 3]
+        running += state == b"R"
+    return running
+
+
 def policy() -> str:
     """What ``auto`` does on this machine, in words (for ``rnnkern.show_config``)."""
     return (f"split driver ({MAX_WORKERS} workers, W split by hidden units) where a step's "
@@ -142,7 +178,7 @@ def recent_paths() -> dict:
 
 def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
                    training: bool = False, choice: str | None = None,
-                   cores: int | None = None) -> Plan:
+                   cores: int | None = None, others_running: int | None = None) -> Plan:
     """The driver of one layer-direction of ``cell`` with a ``(batch, hidden)`` state.
 
     Parameters
@@ -159,6 +195,9 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
         Default ``path_choice()``.
     cores : int, optional
         Default ``usable_cores()``.
+    others_running : int, optional
+        Default ``other_threads_running()``, read only where ``auto`` would
+        otherwise take two split workers.
 
     Raises
     ------
@@ -169,12 +208,13 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     workers = _SETTING.forced_options().get("workers")
     cores = usable_cores() if cores is None else cores
     plan = _plan(cell, np.dtype(dtype), batch, hidden, projected, training, choice, workers,
-                 cores)
+                 cores, others_running)
     _RECENT.record((cell.name, str(np.dtype(dtype)), batch, hidden, projected, training), plan)
     return plan
 
 
-def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, cores):
+def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, cores,
+          others_running):
     if choice == "general":
         return Plan("general", "forced")
     if workers is None:
@@ -197,6 +237,10 @@ def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, core
     elif workers < 2:
         return Plan("split", f"batch {batch}; one worker: " + (
             f"{cores} usable core(s)" if cores < 2 else f"{hidden} hidden unit(s)"), workers)
+    elif choice == "auto" and workers > 1 and (
+            others_running if others_running is not None else other_threads_running()):
+        why_not = ("another thread of this process is running (e.g. a BLAS pool still "
+                   "spinning after a NumPy call): two lockstep workers would share its core")
     else:
         return Plan("split", f"a step's product of {step_flops} FLOPs split over {workers} "
                              "cores", workers)
