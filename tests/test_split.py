@@ -188,6 +188,41 @@ def test_unbatched_input_and_the_single_step_cells(cell):
         _assert_close(a, b, "float64", "state")
 
 
+@pytest.mark.parametrize("vector_bytes, vectors", [(32, 2), (16, 2)])
+def test_the_tiles_of_other_cpus(vector_bytes, vectors, tmp_path):
+    """The tile sizes of AVX2 and of 16-byte-vector CPUs, compiled here in a fresh process
+    (its own Numba cache: the sizes are not part of a cached kernel's key): split equals
+    the general driver for every cell, B over and under a tile, H over and under a panel."""
+    code = f"""
+import numpy as np
+from rnnkern.kernels.numba import tiles
+tiles.VECTOR_BYTES, tiles.VECTORS = {vector_bytes}, {vectors}
+import rnnkern as rk
+from rnnkern.backends.numba import planner
+rng = np.random.default_rng(0)
+for layer_class in (rk.LSTM, rk.GRU, rk.RNN):
+    for B, H in ((1, 5), (7, 37), (13, 20)):
+        layer = layer_class(3, H, dtype="float64", bidirectional=True, seed=B)
+        x = rng.standard_normal((4, B, 3))
+        runs = []
+        for path in ("general", "split"):
+            with planner.use_path(path, workers=2 if path == "split" else None):
+                y, state, tape = layer.forward(x)
+                dx, _, grads = layer.backward(np.ones_like(y), tape)
+            runs.append((y, dx, grads))
+        (y0, dx0, g0), (y1, dx1, g1) = runs
+        np.testing.assert_allclose(y1, y0, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dx1, dx0, rtol=1e-10, atol=1e-12)
+        for name in g0:
+            np.testing.assert_allclose(g1[name], g0[name], rtol=1e-10, atol=1e-12)
+print("ok", tiles.panel_width(8))
+"""
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)), timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.split() == ["ok", str(vectors * vector_bytes // 8)]
+
+
 # ------------------------------------------------------------------ the planner
 
 def _lstm():

@@ -4,8 +4,9 @@ The split driver's per-step products (``split.py``) are small GEMMs whose
 weight operand is the same for all T steps: ``h_{t-1} (B, H) @ W_slice^T``.
 A BLAS repacks W on every call and, at batch 1-8, takes a GEMV or a
 poorly blocked GEMM.  Here W is packed ONCE into panels of ``NR`` columns
-(:func:`pack_gate_rows`, :func:`pack_columns`), and each tile of the product keeps its ``m x NR``
-accumulators in vector registers for the whole sum over k::
+(:func:`pack_gate_rows`, :func:`pack_columns`), and each tile of the product
+keeps its ``m x NR`` accumulators in vector registers for the whole sum over
+k::
 
     for k < K:   c[i, :] += a[row0 + i, k] * panel[k, :]      (i < m <= MR)
 

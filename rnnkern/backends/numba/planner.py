@@ -162,7 +162,9 @@ def policy() -> str:
     """What ``auto`` does on this machine, in words (for ``rnnkern.show_config``)."""
     return (f"split driver ({MAX_WORKERS} workers, W split by hidden units) where a step's "
             f"product is at least {SPLIT_MIN_STEP_FLOPS} FLOPs, on {usable_cores()} usable "
-            f"core(s), else the general driver; force with rnnkern.backends.numba.planner.use_path or ${_ENVIRONMENT}")
+            "core(s), and no other thread of this process is running (a spinning BLAS pool), "
+            "else the general driver; force with rnnkern.backends.numba.planner.use_path or "
+            f"${_ENVIRONMENT}")
 
 
 # (cell, dtype, batch, hidden, projected, training) -> Plan
