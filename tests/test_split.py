@@ -8,9 +8,9 @@ layout) and gradients, for every registry cell, option and length, to float
 rounding (the products sum in another order); one worker and two workers
 must agree bit for bit forward (each product element is summed by the
 same tile code whichever worker owns it) and to rounding backward (the
-weight gradients' BLAS calls get other shapes: one row of dx is a GEMV).  The planner's choice is forced here with
-``planner.use_path``; ``$RNNKERN_CPU_PATH`` and the recorded plans are
-checked too.
+weight gradients' BLAS calls get other shapes: one row of dx is a GEMV).
+The planner's choice is forced here with ``planner.use_path``;
+``$RNNKERN_CPU_PATH`` and the recorded plans are checked too.
 """
 
 import os

@@ -91,8 +91,9 @@ def _tile(typingctx, a, row0, rows, panels, panel, out):
         lda = builder.sdiv(cgutils.unpack_tuple(builder, a_array.strides, 2)[0], size)
         ldc = builder.sdiv(cgutils.unpack_tuple(builder, out_array.strides, 2)[0], size)
         a_rows = builder.gep(a_array.data, [builder.mul(row0, lda)])
+        width_constant = ir.Constant(intp, width)
         c_tile = builder.gep(out_array.data, [builder.add(builder.mul(row0, ldc),
-                                                          builder.mul(panel, ir.Constant(intp, width)))])
+                                                          builder.mul(panel, width_constant))])
         panel_data = builder.gep(panel_array.data,
                                  [builder.mul(panel, builder.mul(K, ir.Constant(intp, width)))])
         zero = ir.Constant(vector, [ir.Constant(real, 0.0)] * lanes)
@@ -107,7 +108,8 @@ def _tile(typingctx, a, row0, rows, panels, panel, out):
             with cgutils.for_range(builder, K) as loop:
                 k = loop.index
                 row = builder.mul(k, ir.Constant(intp, width))
-                w = [builder.load(vector_at(panel_data, builder.add(row, ir.Constant(intp, j * lanes))),
+                w = [builder.load(vector_at(panel_data,
+                                            builder.add(row, ir.Constant(intp, j * lanes))),
                                   align=itemsize) for j in range(VECTORS)]
                 for i in range(m):
                     a_ik = builder.load(builder.gep(a_rows, [builder.add(

@@ -19,21 +19,20 @@ projection (``proj_size`` needs all of ``m_t`` between steps); a step's
 product of at least ``SPLIT_MIN_STEP_FLOPS`` (below, the barrier and the
 cross-core exchange of h, ~1-2 us a step, cost more than half the product
 saves; such layers run the general driver with the BLAS on one thread, so
-that no BLAS pool wakes to spin on the core the next split layer needs); and
-two usable cores.  On one usable core, one split worker up to
-``ONE_WORKER_MAX_BATCH`` rows, the general driver above.
+that no BLAS pool wakes to spin on the core the next split layer needs); two
+usable cores; and no other thread of this process running
+(``other_threads_running``, read from procfs at each plan: a BLAS pool still
+spinning after a NumPy call, the user's own threads).  The workers step in
+lockstep, so a thread sharing the second core stalls every step (measured,
+LSTM B=32 T=64 H=256 float32 training with a Dense matmul between steps:
+split 48 ms a step, general 30.8, split alone 22.3).  Other processes on the
+second core are not seen; a detector of slow barrier waits, tried, mistook a
+first call's page faults for a busy core.  On one usable core, one split
+worker up to ``ONE_WORKER_MAX_BATCH`` rows, the general driver above.
 
-Nor where another thread of this process is running (``other_threads_running``,
-read from procfs at each plan: a BLAS pool still spinning after a NumPy call,
-the user's own threads): the workers step in lockstep, so a thread sharing
-the second core stalls every step (measured, LSTM B=32 T=64 H=256 float32
-training with a Dense matmul between steps: split 48 ms a step, general
-30.8, split alone 22.3); ``auto`` takes the general driver then.  Other
-processes on the second core are not seen; a detector of slow barrier
-waits, tried, mistook a first call's page faults for a busy core.
-The choice can be forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch jobs and benchmarks), and
-every plan taken is recorded for ``rnnkern.show_config()``
-(``recent_paths``).
+The choice can be forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch
+jobs and benchmarks), and every plan taken is recorded for
+``rnnkern.show_config()`` (``recent_paths``).
 """
 
 from __future__ import annotations
