@@ -64,6 +64,28 @@ def unit_range(worker, workers, count):
     return worker * count // workers, (worker + 1) * count // workers
 
 
+@nb.njit(**INLINE)
+def _scatter_blocks(row, own, H, j0, U):
+    """``row[m*H + j0 : m*H + j0 + U] = own[m*U : (m+1)*U]`` for every block m of H columns
+    (gates, saved widths): the worker's units of a row in the general layout."""
+    for m in range(row.shape[0] // H):
+        row[m * H + j0:m * H + j0 + U] = own[m * U:(m + 1) * U]
+
+
+@nb.njit(**INLINE)
+def _gather_blocks(own, row, H, j0, U):
+    """The inverse of ``_scatter_blocks``: the worker's units of ``row`` into ``own``."""
+    for m in range(row.shape[0] // H):
+        own[m * U:(m + 1) * U] = row[m * H + j0:m * H + j0 + U]
+
+
+@nb.njit(**INLINE)
+def _zero_blocks(row, H, j0, U):
+    """Zero the worker's units of ``row`` in every block of H columns."""
+    for m in range(row.shape[0] // H):
+        row[m * H + j0:m * H + j0 + U] = 0
+
+
 @nb.njit(**JIT)
 def forward_worker(rows, worker, workers, x, w_ih, b_ih, w_hh, b_hh, lengths, reverse, keep,
                    state, y, history, saved, h_steps, barrier, yield_address, w_ih_panels,
@@ -112,9 +134,8 @@ def forward_worker(rows, worker, workers, x, w_ih, b_ih, w_hh, b_hh, lengths, re
     U = j1 - j0
     pack_gate_rows(w_ih_panels, w_ih, H, j0, U)     # this worker's rows, gate by gate
     pack_gate_rows(w_hh_panels, w_hh, H, j0, U)
-    for g in range(G):
-        b_ih_packed[g * U:(g + 1) * U] = b_ih[g * H + j0:g * H + j1]
-        b_hh_packed[g * U:(g + 1) * U] = b_hh[g * H + j0:g * H + j1]
+    _gather_blocks(b_ih_packed, b_ih, H, j0, U)
+    _gather_blocks(b_hh_packed, b_hh, H, j0, U)
     for k in range(len(state)):
         for b in range(B):
             cell_state[k][b] = state[k][b, j0:j1]
@@ -144,15 +165,12 @@ def forward_worker(rows, worker, workers, x, w_ih, b_ih, w_hh, b_hh, lengths, re
                 y[t, b, j0:j1] = y_step[0, b]
                 if keep:
                     for k in range(len(saved)):
-                        for block in range(saved[k].shape[2] // H):
-                            saved[k][t, b, block * H + j0:block * H + j1] = \
-                                saved_step[k][0, b, block * U:(block + 1) * U]
+                        _scatter_blocks(saved[k][t, b], saved_step[k][0, b], H, j0, U)
             else:                               # padded step: state held, y = 0
                 y[t, b, j0:j1] = 0
                 if keep:
                     for k in range(len(saved)):
-                        for block in range(saved[k].shape[2] // H):
-                            saved[k][t, b, block * H + j0:block * H + j1] = 0
+                        _zero_blocks(saved[k][t, b], H, j0, U)
             h_next[b, j0:j1] = cell_state[0][b]
         if workers > 1 and not wait_for_step(barrier, workers, s, yield_address):
             return False
@@ -199,8 +217,6 @@ def backward_worker(rows, worker, workers, blas, x, dy, w_ih, w_hh, lengths, rev
     """
     T, B, I = x.shape
     H = carry[0].shape[1]
-    GH = w_hh.shape[0]
-    G = GH // H
     j0, j1 = unit_range(worker, workers, H)
     U = j1 - j0
     pack_columns(w_panels, w_hh, j0, U)         # W_hh's columns of this worker's units
@@ -215,19 +231,16 @@ def backward_worker(rows, worker, workers, blas, x, dy, w_ih, w_hh, lengths, rev
                 for k in range(len(history)):
                     history_step[k][0, b] = history[k][t, b, j0:j1]
                 for k in range(len(saved)):
-                    for block in range(saved[k].shape[2] // H):
-                        saved_step[k][0, b, block * U:(block + 1) * U] = \
-                            saved[k][t, b, block * H + j0:block * H + j1]
+                    _gather_blocks(saved_step[k][0, b], saved[k][t, b], H, j0, U)
                 backward_row(rows, 0, b, dy_step, cell_carry, saved_step, history_step,
                              dgx_step, dgh_step)
-                for g in range(G):
-                    dgx[t, b, g * H + j0:g * H + j1] = dgx_step[0, b, g * U:(g + 1) * U]
-                    if separate_dgh:
-                        dgh[t, b, g * H + j0:g * H + j1] = dgh_step[0, b, g * U:(g + 1) * U]
+                _scatter_blocks(dgx[t, b], dgx_step[0, b], H, j0, U)
+                if separate_dgh:
+                    _scatter_blocks(dgh[t, b], dgh_step[0, b], H, j0, U)
             else:                               # padded step: the carries pass through
-                for g in range(G):
-                    dgx[t, b, g * H + j0:g * H + j1] = 0
-                    dgh[t, b, g * H + j0:g * H + j1] = 0
+                _zero_blocks(dgx[t, b], H, j0, U)
+                if separate_dgh:
+                    _zero_blocks(dgh[t, b], H, j0, U)
         if workers > 1 and not wait_for_step(barrier, workers, s, yield_address):
             return False
         panel_product(dgh[t], w_panels, dh_recurrent)
