@@ -43,52 +43,43 @@ def _track(backend, metric):
     return track
 
 
-class NumbaMetrics:
-    """Memory, BLAS calls and FLOPs of one layer on the Numba backend."""
+class _BackendMetrics:
+    """The ``track_`` metrics of ``metrics.METRICS[backend]`` for every cell; subclasses
+    name the backend (each gets one ``track_<metric>`` method per metric)."""
 
+    backend = None                              # set by subclasses
     params = [list(CELLS)]
     param_names = ["cell"]
     timeout = 300
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for metric in metrics.METRICS[cls.backend]:
+            setattr(cls, f"track_{metric}", _track(cls.backend, metric))
+
     def setup(self, cell):
-        _measured(cell, "numba")
+        _measured(cell, self.backend)
 
 
-class NumbaSplitMetrics:
+class NumbaMetrics(_BackendMetrics):
+    """Memory, BLAS calls and FLOPs of one layer on the Numba backend's general driver."""
+
+    backend = "numba"
+
+
+class NumbaSplitMetrics(_BackendMetrics):
     """Memory of one layer on the Numba backend's split driver."""
 
-    params = [list(CELLS)]
-    param_names = ["cell"]
-    timeout = 300
-
-    def setup(self, cell):
-        _measured(cell, "numba-split")
+    backend = "numba-split"
 
 
-class EmulatedCudaStepMetrics:
+class EmulatedCudaStepMetrics(_BackendMetrics):
     """Kernel launches, GEMM calls and FLOPs of the CUDA step path, in the host emulation."""
 
-    params = [list(CELLS)]
-    param_names = ["cell"]
-    timeout = 300
-
-    def setup(self, cell):
-        _measured(cell, "cuda-step-emulated")
+    backend = "cuda-step-emulated"
 
 
-class EmulatedCudaPersistentMetrics:
+class EmulatedCudaPersistentMetrics(_BackendMetrics):
     """Kernel launches, GEMM calls and FLOPs of the CUDA persistent path, in the host emulation."""
 
-    params = [list(CELLS)]
-    param_names = ["cell"]
-    timeout = 300
-
-    def setup(self, cell):
-        _measured(cell, "cuda-persistent-emulated")
-
-
-for _class, _backend in ((NumbaMetrics, "numba"), (NumbaSplitMetrics, "numba-split"),
-                         (EmulatedCudaStepMetrics, "cuda-step-emulated"),
-                         (EmulatedCudaPersistentMetrics, "cuda-persistent-emulated")):
-    for _metric in metrics.METRICS[_backend]:
-        setattr(_class, f"track_{_metric}", _track(_backend, _metric))
+    backend = "cuda-persistent-emulated"

@@ -331,12 +331,12 @@ def _forward_arguments(cell, workers, barrier, x, params, lengths, reverse, keep
         P = tiles.panel_count(G * U, dtype.itemsize)
         NR = tiles.panel_width(dtype.itemsize)
         chunk = max(1, min(T, GX_CHUNK_BYTES // (B * P * NR * dtype.itemsize)))
-        shapes = [(P, I, NR), (P, H, NR), (G * U,), (G * U,), (chunk, B, P * NR), (B, P * NR)] + \
-            [(B, U)] * cell.num_states + [(1, B, U)] + [(1, B, s.width * U) for s in cell.saved]
-        w_ih, w_hh, b_ih, b_hh, gx, gh, *rest = _cache_line_arrays(f"split_forward_{worker}",
-                                                                    shapes, dtype)
-        own = (w_ih, w_hh, b_ih, b_hh, gx, gh, tuple(rest[:cell.num_states]),
-               rest[cell.num_states], tuple(rest[cell.num_states + 1:]))
+        # w_ih_panels, w_hh_panels, b_ih_packed, b_hh_packed, gx, gh, cell_state, y_step,
+        # saved_step (split.forward_worker)
+        layout = [(P, I, NR), (P, H, NR), (G * U,), (G * U,), (chunk, B, P * NR), (B, P * NR),
+                  [(B, U)] * cell.num_states, (1, B, U),
+                  [(1, B, s.width * U) for s in cell.saved]]
+        own = tuple(_cache_line_arrays(f"split_forward_{worker}", layout, dtype))
         arguments.append((drivers.CellRows(cell.kernels["numba"]), worker, workers) + shared +
                          own)
     return arguments
@@ -357,19 +357,16 @@ def _backward_arguments(cell, workers, barrier, x, dy, tape, carry, dgx, dgh, dx
         U = _units(worker, workers, H)
         P = tiles.panel_count(U, dtype.itemsize)
         NR = tiles.panel_width(dtype.itemsize)
-        shapes = [(P, G * H, NR)] + [(B, U)] * cell.num_states + \
-            [(1, B, U)] * (1 + cell.num_states) + [(1, B, s.width * U) for s in cell.saved] + \
-            [(1, B, G * U)] * (2 if separate_dgh else 1) + [(B, P * NR)]
-        w_panels, *rest = _cache_line_arrays(f"split_backward_{worker}", shapes, dtype)
-        n = cell.num_states
-        cell_carry, dy_step, history_step = tuple(rest[:n]), rest[n], tuple(rest[n + 1:2 * n + 1])
-        rest = rest[2 * n + 1:]
-        saved_step, rest = tuple(rest[:len(cell.saved)]), rest[len(cell.saved):]
-        dgx_step, dgh_step = rest[0], rest[1 if separate_dgh else 0]
-        own = (w_panels, cell_carry, dy_step, history_step, saved_step, dgx_step, dgh_step,
-               rest[-1])
+        # w_panels, cell_carry, dy_step, history_step, saved_step, dgx_step, dgh_step (dgx_step
+        # itself unless separate), dh_recurrent (split.backward_worker)
+        layout = [(P, G * H, NR), [(B, U)] * cell.num_states, (1, B, U),
+                  [(1, B, U)] * cell.num_states, [(1, B, s.width * U) for s in cell.saved],
+                  (1, B, G * U), (1, B, G * U) if separate_dgh else (0,), (B, P * NR)]
+        own = _cache_line_arrays(f"split_backward_{worker}", layout, dtype)
+        if not separate_dgh:
+            own[6] = own[5]
         arguments.append((drivers.CellRows(cell.kernels["numba"]), worker, workers,
-                          gemm_function(dtype)) + shared + own)
+                          gemm_function(dtype)) + shared + tuple(own))
     return arguments
 
 
@@ -381,9 +378,13 @@ def _units(worker, workers, hidden):
 _CACHE_LINE = 128        # bytes; two 64-byte lines (the adjacent-line prefetcher pairs them)
 
 
-def _cache_line_arrays(role, shapes, dtype):
-    """C-contiguous arrays of ``shapes`` from one workspace buffer, each starting on its own
-    cache line and none sharing a line with another buffer.
+def _cache_line_arrays(role, layout, dtype):
+    """C-contiguous arrays of the shapes in ``layout`` from one workspace buffer, each
+    starting on its own cache line and none sharing a line with another buffer.
+
+    ``layout`` is a list of shapes and of lists of shapes; the result has the
+    same structure, a list of shapes becoming a tuple of arrays (the workers'
+    tuples of states and saved arrays).
 
     A worker's scratch must not share cache lines with the other worker's:
     small arrays from separate ``np.empty`` calls sit side by side in the
@@ -392,6 +393,7 @@ def _cache_line_arrays(role, shapes, dtype):
     """
     dtype = np.dtype(dtype)
     line = _CACHE_LINE // dtype.itemsize
+    shapes = [shape for item in layout for shape in (item if isinstance(item, list) else [item])]
     sizes = [-(-math.prod(shape) // line) * line for shape in shapes]
     buffer = _workspace(role, (sum(sizes) + 3 * line,), dtype)
     offset = line + (-(buffer.ctypes.data // dtype.itemsize)) % line
@@ -399,7 +401,9 @@ def _cache_line_arrays(role, shapes, dtype):
     for shape, size in zip(shapes, sizes):
         arrays.append(buffer[offset:offset + math.prod(shape)].reshape(shape))
         offset += size
-    return arrays
+    arrays.reverse()
+    return [tuple(arrays.pop() for _ in item) if isinstance(item, list) else arrays.pop()
+            for item in layout]
 
 
 def backward_direction(cell, dy, dstate_n, tape):

@@ -96,13 +96,13 @@ _SETTING = PathSetting(PATHS, _ENVIRONMENT)
 def use_path(path: str, *, workers: int | None = None):
     """Force the CPU driver inside a ``with`` block: ``"split"``, ``"general"`` or ``"auto"``.
 
-    ``workers`` (1 or 2) forces the split driver's worker count too
+    ``workers`` (1 to ``MAX_WORKERS``) forces the split driver's worker count too
     (two workers run even on one core: correct, but they then share it).
     Forcing ``"split"`` where it cannot run (a projection) raises
     ValueError at the layer call instead of falling back.
     """
-    if workers is not None and workers not in (1, 2):
-        raise ValueError(f"workers: expected 1, 2 or None, got {workers!r}")
+    if workers is not None and workers not in range(1, MAX_WORKERS + 1):
+        raise ValueError(f"workers: expected 1 to {MAX_WORKERS} or None, got {workers!r}")
     with _SETTING.forced(path, workers=workers):
         yield
 
