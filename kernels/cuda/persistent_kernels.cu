@@ -283,19 +283,12 @@ __global__ void __launch_bounds__(PERSISTENT_THREADS) rnn_persistent_backward(
 
                 Cell::backward(dgate, direct, into, kept, state);
 
-#pragma unroll
-                for (int d = 0; d < D; ++d)
-#pragma unroll
-                    for (int g = 0; g < G; ++g)
-                        dgates.at[d][(at_t + b) * GH + g * H + j] = dgate[d][g];
+                store_gate_row<D, G>(dgates, at_t + b, (long long)H, (long long)j, dgate, true);
 #pragma unroll
                 for (int s = 0; s < S; ++s) carry.at[s][e] = direct[s];
             } else {                              // padded step: carries pass through
-#pragma unroll
-                for (int d = 0; d < D; ++d)
-#pragma unroll
-                    for (int g = 0; g < G; ++g)
-                        dgates.at[d][(at_t + b) * GH + g * H + j] = T(0);
+                store_gate_row<D, G, T>(dgates, at_t + b, (long long)H, (long long)j, nullptr,
+                                        false);
 #pragma unroll
                 for (int s = 0; s < S; ++s) carry.at[s][e] = carried[s];
             }

@@ -23,6 +23,20 @@ __device__ __forceinline__ T read_only(const T* p) {
     return __ldg(p);
 }
 
+// The gradients of the gate pre-activations at (row, j): D arrays [rows, G*H],
+// gate g's value at column g*H + j.  An inactive row (values unread, may be
+// null) stores zeros.
+template <int D, int G, typename T, typename Index>
+__device__ __forceinline__ void store_gate_row(StepArrays<T, D> dgates, Index row, Index hidden,
+                                               Index j, const T values[D][G], bool active) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+        T* at = dgates.at[d] + row * G * hidden + j;
+#pragma unroll
+        for (int g = 0; g < G; ++g) at[g * hidden] = active ? values[d][g] : T(0);
+    }
+}
+
 // The values a cell keeps for BPTT, at (row, j) of every saved array: array
 // s of the group is [rows, w_s*H], its value m at column m*H + j, and the
 // cell's flat saved[] holds array 0's w_0 values, then array 1's, ...

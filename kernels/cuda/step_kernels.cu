@@ -133,17 +133,11 @@ __global__ void rnn_backward_step(
 
             Cell::backward(dgates, direct, into, saved, state);
 
-#pragma unroll
-            for (int d = 0; d < D; ++d)
-#pragma unroll
-                for (int k = 0; k < G; ++k) dgates_t.at[d][(b * G + k) * H + j] = dgates[d][k];
+            store_gate_row<D, G>(dgates_t, b, H, j, dgates, true);
 #pragma unroll
             for (int s = 0; s < S; ++s) dstate_prev.at[s][e] = direct[s];
         } else {                                             // padded step: carries pass through
-#pragma unroll
-            for (int d = 0; d < D; ++d)
-#pragma unroll
-                for (int k = 0; k < G; ++k) dgates_t.at[d][(b * G + k) * H + j] = T(0);
+            store_gate_row<D, G, T>(dgates_t, b, H, j, nullptr, false);
 #pragma unroll
             for (int s = 0; s < S; ++s) dstate_prev.at[s][e] = carried[s];
         }
