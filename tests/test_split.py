@@ -196,7 +196,7 @@ def test_the_tiles_of_other_cpus(vector_bytes, vectors, tmp_path):
     code = f"""
 import numpy as np
 from rnnkern.kernels.numba import tiles
-tiles.VECTOR_BYTES, tiles.VECTORS = {vector_bytes}, {vectors}
+tiles.VECTOR_BYTES, tiles.VECTORS, tiles.REGISTERS = {vector_bytes}, {vectors}, 16
 import rnnkern as rk
 from rnnkern.backends.numba import planner
 rng = np.random.default_rng(0)
