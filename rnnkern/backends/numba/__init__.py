@@ -82,10 +82,12 @@ def _own_copy(a, dtype):
 
 
 class _ThreadWorkspaces(threading.local):
-    """One flat buffer per (role, dtype) for each thread, grown on demand."""
+    """One flat buffer per (role, dtype) for each thread, grown on demand; and the arrays
+    last carved from a role's buffer (``_cache_line_arrays``), with their layout."""
 
     def __init__(self):
         self.buffers = {}
+        self.carved = {}
 
 
 _WORKSPACES = _ThreadWorkspaces()
@@ -134,7 +136,7 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     m = None
     if plan.path == "split":
         _run_split(split.forward_worker, cell, plan, _forward_arguments, np.ascontiguousarray(x),
-                   params, lengths, reverse, keep, state, y, history, saved)
+                   params, lengths, reverse, keep, state, y, history, saved, calls_blas=False)
     else:
         with _cores_held() if plan.one_blas_thread else contextlib.nullcontext():
             m = _general_forward(cell, x, params, lengths, reverse, keep, state, y, history,
@@ -236,9 +238,10 @@ def _other_cpus():
     return frozenset(others) or None
 
 
-def _run_split(kernel, cell, plan, arguments_of, x, *shared):
+def _run_split(kernel, cell, plan, arguments_of, x, *shared, calls_blas):
     """Run ``kernel`` (``split.forward_worker`` or ``backward_worker``) on ``plan.workers``
-    threads: this one and the helper.
+    threads: this one and the helper.  ``calls_blas``: whether the kernel calls the BLAS
+    (the backward's weight gradients; then limited to one thread for the call).
 
     ``arguments_of(cell, workers, barrier, x, *shared)`` gives each
     worker's argument tuple, made after the worker count is settled (a call
@@ -250,7 +253,7 @@ def _run_split(kernel, cell, plan, arguments_of, x, *shared):
     barrier, so the other returns instead of spinning, and the failure is
     raised here.
     """
-    with _cores_held() as held:
+    with _cores_held(limit_blas=calls_blas) as held:
         workers = plan.workers if held else 1
         barrier = _workspace("split_barrier", (atomics.BARRIER_SIZE,), np.int64)
         barrier[:] = 0                          # this thread's last call is over: reusable
@@ -272,8 +275,9 @@ def _run_split(kernel, cell, plan, arguments_of, x, *shared):
 
 
 @contextlib.contextmanager
-def _cores_held():
-    """Hold the process's cores for one call: the helper thread, and the BLAS on one thread.
+def _cores_held(limit_blas=True):
+    """Hold the process's cores for one call: the helper thread, and (``limit_blas``) the
+    BLAS on one thread.
 
     Yields False (holding nothing) when another call of this process holds
     them.  The BLAS limit (threadpoolctl, process-wide for the call's
@@ -281,11 +285,14 @@ def _cores_held():
     never interleave: each split worker calls the BLAS from its own core, and
     a multi-threaded call would wake the BLAS pool, whose threads keep
     spinning after it returns (OpenBLAS: ~2^28 cycles) on the core the other
-    worker needs (measured: lockstep steps 3-10x slower).
+    worker needs (measured: lockstep steps 3-10x slower).  A call that makes
+    no BLAS call (the split forward) skips the limit: threadpoolctl's set and
+    reset cost ~30 us, a tenth of a batch-1 call at T = 1.
     """
     held = _HELPER.pair.acquire(blocking=False)
     try:
-        with _blas_pools().limit(limits=1) if held else contextlib.nullcontext():
+        with (_blas_pools().limit(limits=1) if held and limit_blas
+              else contextlib.nullcontext()):
             yield held
     finally:
         if held:
@@ -384,7 +391,9 @@ def _cache_line_arrays(role, layout, dtype):
 
     ``layout`` is a list of shapes and of lists of shapes; the result has the
     same structure, a list of shapes becoming a tuple of arrays (the workers'
-    tuples of states and saved arrays).
+    tuples of states and saved arrays).  A call with the layout of the role's
+    last call gets the same arrays again (views cost ~1 us each, and a batch-1
+    call at T = 1 takes a few hundred).
 
     A worker's scratch must not share cache lines with the other worker's:
     small arrays from separate ``np.empty`` calls sit side by side in the
@@ -392,6 +401,10 @@ def _cache_line_arrays(role, layout, dtype):
     two-worker step 15x slower than a one-worker step.
     """
     dtype = np.dtype(dtype)
+    key = (dtype, tuple(tuple(item) if isinstance(item, list) else item for item in layout))
+    last = _WORKSPACES.carved.get(role)
+    if last is not None and last[0] == key:
+        return list(last[1])
     line = _CACHE_LINE // dtype.itemsize
     shapes = [shape for item in layout for shape in (item if isinstance(item, list) else [item])]
     sizes = [-(-math.prod(shape) // line) * line for shape in shapes]
@@ -402,8 +415,11 @@ def _cache_line_arrays(role, layout, dtype):
         arrays.append(buffer[offset:offset + math.prod(shape)].reshape(shape))
         offset += size
     arrays.reverse()
-    return [tuple(arrays.pop() for _ in item) if isinstance(item, list) else arrays.pop()
-            for item in layout]
+    carved = [tuple(arrays.pop() for _ in item) if isinstance(item, list) else arrays.pop()
+              for item in layout]
+    if buffer.nbytes <= WORKSPACE_LIMIT_BYTES:      # a buffer the thread keeps anyway
+        _WORKSPACES.carved[role] = (key, carved)
+    return list(carved)
 
 
 def backward_direction(cell, dy, dstate_n, tape):
@@ -424,7 +440,7 @@ def backward_direction(cell, dy, dstate_n, tape):
         grads = {"weight_ih": np.empty_like(w_ih), "weight_hh": np.empty((GH, P), dtype),
                  "bias_ih": np.empty(GH, dtype), "bias_hh": np.empty(GH, dtype)}
         _run_split(split.backward_worker, cell, plan, _backward_arguments,
-                   np.ascontiguousarray(x), dy, tape, carry, dgx, dgh, dx, grads)
+                   np.ascontiguousarray(x), dy, tape, carry, dgx, dgh, dx, grads, calls_blas=True)
         return dx, carry, grads
     if w_hr is None:
         projection = (_NONE_2D[dtype], carry, dy, _NONE_3D[dtype])
