@@ -154,6 +154,40 @@ def test_bench_command_writes_every_figure(tmp_path):
         assert no_grad["samples"]["torch"] != forward["samples"]["torch"]
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux procfs")
+def test_peak_memory_counts_what_a_forward_backward_allocates():
+    """The ``peak_memory`` worker sees at least the tape and the gate gradients of a
+    forward+backward (LSTM: the saved gates and dG, each T*B*4H elements), and at most
+    a few times all the call's arrays; torch answers too where it is installed."""
+    from rnnkern.bench.workers import run_in_fresh_process
+
+    T, B, I, H = 200, 16, 8, 64
+    request = {"task": "peak_memory", "device": "cpu", "dtype": "float64", "cell": "lstm",
+               "shape": [T, B, I, H], "threads": 1, "seed": 0}
+    gates_bytes = T * B * 4 * H * 8
+    answer = run_in_fresh_process(dict(request, library="rnnkern"))
+    assert 2 * gates_bytes <= answer["bytes"] <= 8 * gates_bytes, answer
+    torch_answer = run_in_fresh_process(dict(request, library="torch"))
+    if TORCH_INSTALLED:
+        assert gates_bytes <= torch_answer["bytes"], torch_answer
+    else:
+        assert "unavailable" in torch_answer
+    assert "unavailable" in run_in_fresh_process(dict(request, library="rnnkern",
+                                                      device="cuda"))
+
+
+def test_bench_memory_table(tmp_path):
+    report_file = tmp_path / "bench.json"
+    completed = _run_bench("--cell", "gru", "--shape", "30,4,8,16", "--repeats", "1",
+                           "--rounds", "1", "--memory", "--json", str(report_file))
+    assert completed.returncode == 0, completed.stderr
+    assert "peak memory of one forward+backward" in completed.stdout
+    (item,) = json.loads(report_file.read_text())["peak_memory_bytes"]
+    assert item["cell"] == "gru" and item["shape"] == [30, 4, 8, 16]
+    assert item["bytes"]["rnnkern"] >= 0
+    assert (item["bytes"]["torch"] is not None) == TORCH_INSTALLED
+
+
 def test_bench_without_torch_says_n_a(tmp_path):
     """A ``torch`` package that fails to import stands in for torch not installed."""
     (tmp_path / "torch").mkdir()

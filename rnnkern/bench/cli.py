@@ -117,6 +117,9 @@ def main(argv=None):
     gemms = sorted({spec for cell, shape in cases for _, _, spec in _gemm_specs(cell, shape)})
     revision_before = _source_revision()
     timings, notes, failures = _run_rounds(args, cases, gemms, threads)
+    peak_memory = {}
+    if args.memory:
+        peak_memory = _measure_peak_memory(args, cases, threads, failures)
     first_calls = {}
     if args.first_call:
         try:
@@ -125,7 +128,8 @@ def main(argv=None):
             failures.append(str(err))
     device["info"]["rnnkern_source_revision"] = _describe_revisions(revision_before,
                                                                     _source_revision())
-    report = _report(args, threads, device["info"], cases, timings, notes, first_calls)
+    report = _report(args, threads, device["info"], cases, timings, notes, first_calls,
+                     peak_memory)
     print(_format_report(report))
     if args.json:
         with open(args.json, "w") as out:
@@ -171,6 +175,10 @@ def _parse_arguments(argv):
     parser.add_argument("--first-call", action="store_true",
                         help="also time rnnkern's first forward+backward in a fresh process, "
                              "with an empty kernel cache (cold) and a filled one (cached)")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure the peak memory of one forward+backward of rnnkern "
+                             "and torch, each case in a fresh process of its own (host arrays, "
+                             "Linux; see rnnkern.bench.workers._peak_memory)")
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the parameters and inputs. Default: 0")
@@ -388,6 +396,27 @@ def _run_undisturbed(request, threads, args):
     return answer, reruns
 
 
+MEMORY_LIBRARIES = ("rnnkern", "torch")
+
+
+def _measure_peak_memory(args, cases, threads, failures):
+    """``(cell, shape) -> {library: bytes or None}``: one fresh process per case and library."""
+    measured = {}
+    for cell, shape in cases:
+        per_library = measured[(cell, tuple(_shape_list(shape)))] = {}
+        for library in MEMORY_LIBRARIES:
+            request = {"task": "peak_memory", "library": library, "device": args.device,
+                       "dtype": args.dtype, "cell": cell, "shape": _shape_list(shape),
+                       "threads": threads, "seed": args.seed}
+            try:
+                answer = _run_worker(request, threads)
+            except WorkerError as err:
+                failures.append(str(err))
+                answer = {}
+            per_library[library] = answer.get("bytes")
+    return measured
+
+
 def _measure_first_calls(args, cells, threads):
     """``cell -> {"cold": s, "cached": s}`` (see ``workers.first_call_seconds``)."""
     return {cell: {kind: first_call_seconds(cell, args.dtype, args.device, kind == "cached",
@@ -478,7 +507,7 @@ def _agreement(checksums):
     return worst
 
 
-def _report(args, threads, device_info, cases, timings, notes, first_calls):
+def _report(args, threads, device_info, cases, timings, notes, first_calls, peak_memory):
     """Everything measured, as one JSON-ready dict."""
     rows = []
     for cell, shape in cases:
@@ -525,6 +554,8 @@ def _report(args, threads, device_info, cases, timings, notes, first_calls):
         "rows": rows,
         "first_call_seconds": first_calls,
         "first_call_shape": _shape_list(FIRST_CALL_SHAPE),
+        "peak_memory_bytes": [{"cell": cell, "shape": list(shape), "bytes": per_library}
+                              for (cell, shape), per_library in peak_memory.items()],
         "cuda_paths": {f"{cell} {','.join(map(str, _shape_list(shape)))}":
                        timings.get(("cuda_paths", cell, tuple(_shape_list(shape))), [])
                        for cell, shape in cases} if args.device == "cuda" else {},
@@ -600,6 +631,7 @@ def _format_report(report):
         lines.append(f"WARNING: {row['cell']} {row['shape']}: libraries disagree "
                      f"(relative difference of |y|, |dx| or |dW_hh| sums up to "
                      f"{row['largest_relative_difference']:.2g}): {row['checksums']}")
+    lines.extend(_memory_table(report["peak_memory_bytes"]))
     if report["first_call_seconds"]:
         shape = ",".join(map(str, report["first_call_shape"]))
         calls = "; ".join(f"{cell} {_format_seconds(s['cold'])} cold, "
@@ -608,6 +640,23 @@ def _format_report(report):
         lines.append(f"first forward+backward in a fresh process (shape {shape}, "
                      f"compilation included): {calls}")
     return "\n".join(lines)
+
+
+def _memory_table(measured):
+    """Lines of the peak-memory table (``--memory``), or none."""
+    if not measured:
+        return []
+    table = [("cell", "T,B,I,H", *(f"{library} MiB" for library in MEMORY_LIBRARIES),
+              "torch/rnnkern")]
+    for item in measured:
+        mib = [None if item["bytes"][library] is None else item["bytes"][library] / 2**20
+               for library in MEMORY_LIBRARIES]
+        table.append((item["cell"], ",".join(map(str, item["shape"])),
+                      *("n/a" if value is None else f"{value:.1f}" for value in mib),
+                      _format_ratio(_ratio(item["bytes"]["torch"], item["bytes"]["rnnkern"] or None))))
+    return ["", "peak memory of one forward+backward: the rise of the resident set above what "
+                "the process held before the call, after a warm-up call at T=2 (fresh process "
+                "per case and library):", "", *_aligned(table, left_columns=2)]
 
 
 def _interference_lines(report):

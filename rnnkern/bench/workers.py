@@ -20,6 +20,10 @@ another's timed calls.  Requests::
             "other_cpu_share"}]}
     {"task": "first_call", "device", "dtype", "cell", "shape"}
         -> {"seconds": s}      the first forward+backward in this process
+    {"task": "peak_memory", "library", "device": "cpu", "dtype", "cell", "shape",
+     "threads", "seed"}
+        -> {"bytes": N}        what one forward+backward adds to the resident memory
+                               at its peak (see ``_peak_memory``)
     {"task": "device", "device"}
         -> {"info": {...}}     or {"unavailable": "why"}
 
@@ -32,6 +36,7 @@ of :mod:`rnnkern.bench.workloads`, the ones the asv benchmarks time too.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.metadata
 import json
@@ -297,6 +302,53 @@ def _first_call(request):
     return {"seconds": _timed(workload.forward_backward)}
 
 
+def _peak_memory(request):
+    """Bytes by which one forward+backward raises this process's resident memory at its peak.
+
+    Linux's high-water mark of the resident set (``VmHWM``) is reset through
+    ``/proc/self/clear_refs`` just before the call, so the figure is
+    ``VmHWM`` after the call less ``VmRSS`` before it: everything the call
+    touches for the first time (outputs, the tape, gradients, scratch), for
+    any library and any allocator.  A warm-up forward+backward of the same
+    layer shape at T = 2 comes first (a GEMM, not a GEMV: OpenBLAS allocates its
+    buffers at its first GEMM), so compilation, the plan and the thread
+    pools are not counted; what a library keeps between calls and sized
+    there (rnnkern's packed weights, torch's primitive caches) is not counted
+    either.  Host memory only: ``device`` must be ``cpu``.
+    """
+    library, dtype = request["library"], request["dtype"]
+    if request["device"] != "cpu":
+        return {"unavailable": "peak memory is measured for host (cpu) arrays only"}
+    if not os.path.exists("/proc/self/clear_refs"):
+        return {"unavailable": "needs Linux's /proc/self/clear_refs"}
+    reason = _library_unavailable_reason(library, "cpu")
+    if reason is not None:
+        return {"unavailable": reason}
+    shape = BenchShape(*request["shape"])
+    warm = _workload(library, request["cell"], dataclasses.replace(shape, T=min(2, shape.T)), dtype, "cpu",
+                     request["seed"], request["threads"])
+    warm.forward_backward()
+    workload = _workload(library, request["cell"], shape, dtype, "cpu", request["seed"],
+                         request["threads"])
+    gc.collect()
+    before = _status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")                   # VmHWM := VmRSS
+    result = workload.forward_backward()
+    peak = _status_bytes("VmHWM")
+    del result
+    return {"bytes": max(0, peak - before)}
+
+
+def _status_bytes(field):
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def _device_info(device):
     info = {"platform": platform.platform(), "cpu": _cpu_model(),
             "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -331,7 +383,7 @@ def _describe_device(request):
 
 
 _TASKS = {"time": _time_cases, "gemm": _time_gemms, "first_call": _first_call,
-          "device": _describe_device}
+          "peak_memory": _peak_memory, "device": _describe_device}
 
 
 def main():
