@@ -21,6 +21,8 @@ compilation stay out of the timings; :class:`FirstCall` measures them.
 
 import importlib
 
+import numpy as np
+
 from rnnkern.bench.shapes import CELLS, DTYPES, all_shapes, parse_shape, shapes_for
 from rnnkern.bench.workers import first_call_seconds
 from rnnkern.bench.workloads import RnnkernWorkload
@@ -68,6 +70,38 @@ class LayerTime:
         self.workload.forward()
 
     def time_forward_backward(self, cell, backend, dtype, shape):
+        self.workload.forward_backward()
+
+
+class SubnormalTime:
+    """``LayerTime`` on NumPy arrays whose values are subnormal: x and dy scaled to 1/16
+    of the smallest normal number, zero biases, so the gate pre-activations, h, c and
+    every gradient are subnormal too.
+
+    rnnkern does not flush subnormals to zero (torch does not by default either,
+    and the results would differ from its); against ``LayerTime`` of the same
+    case this shows what they cost on the machine (a 2-core Zen 3: nothing
+    measurable; other libraries have reported RNN training 18-27x slower on
+    some CPUs).
+    """
+
+    params = [CELLS, DTYPES, SHAPES]
+    param_names = ["cell", "dtype", "shape"]
+    timeout = 300
+
+    def setup(self, cell, dtype, shape):
+        self.workload = warm_workload(cell, "numpy", dtype, shape)
+        layer = self.workload.layer
+        layer.load_state_dict({name: value * 0 if name.startswith("bias") else value
+                               for name, value in layer.state_dict().items()})
+        scale = np.finfo(dtype).smallest_normal / 16
+        self.workload.x = (self.workload.x * scale).astype(dtype)
+        self.workload.dy = (self.workload.dy * scale).astype(dtype)
+
+    def time_inference(self, cell, dtype, shape):
+        self.workload.forward_no_grad()
+
+    def time_forward_backward(self, cell, dtype, shape):
         self.workload.forward_backward()
 
 
