@@ -289,6 +289,53 @@ def test_a_spinning_blas_pool_is_seen_and_the_helper_is_not():
     assert seen >= 1
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux procfs")
+def test_running_threads_are_seen_as_they_come_and_go_and_after_a_fork():
+    """The stat files kept open between calls follow new threads, ended threads (same
+    count or not) and a fork (the child must read its own threads, not the parent's)."""
+    planner.other_threads_running()                 # the files of the threads now
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    def running_with(count):
+        threads = [threading.Thread(target=spin) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        try:
+            # Python threads share the GIL: sample a while, each is seen running at times
+            return max(planner.other_threads_running() for _ in range(200))
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+            stop.clear()
+
+    assert running_with(1) >= 1
+    assert running_with(1) >= 1                     # another thread, the same thread count
+    spinner = threading.Thread(target=spin)         # running in the parent during the fork
+    spinner.start()
+    try:
+        assert max(planner.other_threads_running() for _ in range(200)) >= 1
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                # the child: only this thread exists
+            try:
+                os.write(write_end, str(max(planner.other_threads_running()
+                                            for _ in range(200))).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        os.waitpid(pid, 0)
+        assert os.read(read_end, 16) == b"0"
+        os.close(read_end)
+    finally:
+        stop.set()
+        spinner.join()
+
+
 def test_workers_never_outnumber_the_hidden_units():
     plan = planner.plan_direction(_lstm(), "float32", 1, 1, projected=False, choice="split",
                                   cores=2)
