@@ -239,13 +239,23 @@ def test_auto_splits_every_batch_where_a_step_is_big_enough():
 
 
 def test_a_small_step_stays_on_the_general_path():
-    plan = planner.plan_direction(CELLS["rnn_tanh"], "float32", 1, 256, projected=False,
+    """Split where a step has enough FLOPs, or W_hh enough bytes (batch 1: W_hh's reads
+    are the step); the sine demo's RNN(1, 50) at batch 32 has neither."""
+    plan = planner.plan_direction(CELLS["rnn_tanh"], "float32", 32, 50, projected=False,
                                   choice="auto", cores=2)
-    assert 2 * 256 * 256 < planner.SPLIT_MIN_STEP_FLOPS
+    assert 2 * 32 * 50 * 50 < planner.SPLIT_MIN_STEP_FLOPS
+    assert 50 * 50 * 4 < planner.SPLIT_MIN_WEIGHT_BYTES
     assert plan.path == "general" and "too small" in plan.reason
-    bigger = planner.plan_direction(CELLS["rnn_tanh"], "float32", 8, 256, projected=False,
-                                    choice="auto", cores=2, others_running=0)
-    assert bigger.path == "split"
+    below = planner.plan_direction(CELLS["rnn_tanh"], "float32", 1, 128, projected=False,
+                                   choice="auto", cores=2)
+    assert below.path == "general"
+    more_flops = planner.plan_direction(CELLS["rnn_tanh"], "float32", 8, 128, projected=False,
+                                        choice="auto", cores=2, others_running=0)
+    assert 2 * 8 * 128 * 128 >= planner.SPLIT_MIN_STEP_FLOPS and more_flops.path == "split"
+    more_bytes = planner.plan_direction(CELLS["rnn_tanh"], "float32", 1, 256, projected=False,
+                                        choice="auto", cores=2, others_running=0)
+    assert 2 * 256 * 256 < planner.SPLIT_MIN_STEP_FLOPS
+    assert 256 * 256 * 4 >= planner.SPLIT_MIN_WEIGHT_BYTES and more_bytes.path == "split"
 
 
 def test_one_core_means_one_worker_at_batch_one_else_the_general_path():

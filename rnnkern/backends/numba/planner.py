@@ -16,10 +16,11 @@ Two drivers run a layer-direction on NumPy arrays (``rnnkern.kernels.numba``):
 process may use; forward (with or without a tape) and backward plan alike.
 ``auto`` takes split, with two workers, where all of these hold: no
 projection (``proj_size`` needs all of ``m_t`` between steps); a step's
-product of at least ``SPLIT_MIN_STEP_FLOPS`` (below, the barrier and the
-cross-core exchange of h, ~1-2 us a step, cost more than half the product
-saves; such layers run the general driver with the BLAS on one thread, so
-that no BLAS pool wakes to spin on the core the next split layer needs); two
+product of at least ``SPLIT_MIN_STEP_FLOPS`` or a ``W_hh`` of at least
+``SPLIT_MIN_WEIGHT_BYTES`` (below both, the barrier and the cross-core
+exchange of h, ~1-2 us a step, cost more than the split saves; such layers
+run the general driver with the BLAS on one thread, so that no BLAS pool
+wakes to spin on the core the next split layer needs); two
 usable cores; and no other thread of this process running
 (``other_threads_running``, read from procfs at each plan: a BLAS pool still
 spinning after a NumPy call, the user's own threads).  The workers step in
@@ -46,7 +47,7 @@ import numpy as np
 
 from ..paths import PathSetting, PlanLog
 
-__all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "MAX_WORKERS",
+__all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "SPLIT_MIN_WEIGHT_BYTES", "MAX_WORKERS",
            "ONE_WORKER_MAX_BATCH", "Plan", "use_path", "path_choice",
            "usable_cores", "other_threads_running", "policy", "plan_direction", "recent_paths"]
 
@@ -59,6 +60,16 @@ PATHS = ("auto", "split", "general")
 #: or slower (0.55/1.33 vs 0.55/1.52; 0.64/1.59 vs 0.63/1.82; 0.33/0.99 vs
 #: 0.52/1.59), at 393k (GRU H=256 B=1) faster (1.42 vs 1.13 inference).
 SPLIT_MIN_STEP_FLOPS = 200_000
+#: ... or whose ``W_hh`` has at least this many bytes: at small batch a step reads
+#: all of W_hh for few FLOPs, and two workers each read half.  Measured on the
+#: 2-core Zen 3 VM (AVX2, 1 MiB L2 a core; float32, T = 100, each call after a
+#: gc.collect() as the bench times it; inference / forward+backward ms, general vs
+#: split): RNN H=256 B=1 (W_hh 256 KiB, 131k FLOPs) 1.62/3.17 vs 1.27/2.96, LSTM
+#: H=128 B=1 (256 KiB) 1.70/3.60 vs 1.50/3.27; GRU H=128 B=1 (192 KiB) 1.65/3.15 vs
+#: 1.50/3.22, RNN H=50 B=32 (10 KiB, 160k FLOPs, the sine demo's layer) 0.64/1.25
+#: vs 0.85/1.78.  Short sequences pay the split's per-call cost (packing, the
+#: helper's start) over fewer steps: RNN H=256 B=1 at T=40 was 1.04/2.11 vs 1.09/2.36.
+SPLIT_MIN_WEIGHT_BYTES = 256 * 1024
 #: The most workers a split takes: one helper thread beside the caller (the
 #: only count measured: the development machine has two cores).
 MAX_WORKERS = 2
@@ -202,7 +213,8 @@ _THREAD_STATS = _ThreadStats()
 def policy() -> str:
     """What ``auto`` does on this machine, in words (for ``rnnkern.show_config``)."""
     return (f"split driver ({MAX_WORKERS} workers, W split by hidden units) where a step's "
-            f"product is at least {SPLIT_MIN_STEP_FLOPS} FLOPs, on {usable_cores()} usable "
+            f"product is at least {SPLIT_MIN_STEP_FLOPS} FLOPs or W_hh at least "
+            f"{SPLIT_MIN_WEIGHT_BYTES // 1024} KiB, on {usable_cores()} usable "
             "core(s), and no other thread of this process is running (a spinning BLAS pool), "
             "else the general driver; force with rnnkern.backends.numba.planner.use_path or "
             f"${_ENVIRONMENT}")
@@ -264,16 +276,18 @@ def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, core
         workers = min(MAX_WORKERS, cores)
     workers = min(workers, hidden)
     step_flops = 2 * batch * cell.num_gates * hidden * hidden
+    weight_bytes = cell.num_gates * hidden * hidden * dtype.itemsize
+    size = f"a step's product of {step_flops} FLOPs, W_hh of {weight_bytes // 1024} KiB"
     if projected:
         why_not = "proj_size: the projection needs all of m_t between steps"
     elif choice == "split":
         return Plan("split", "forced", workers)
-    elif step_flops < SPLIT_MIN_STEP_FLOPS:
+    elif step_flops < SPLIT_MIN_STEP_FLOPS and weight_bytes < SPLIT_MIN_WEIGHT_BYTES:
         # Products this small gain nothing from BLAS threads, and a woken BLAS pool
         # would spin on the core the next split layer's second worker needs.
-        return Plan("general", f"a step's product ({step_flops} FLOPs) under "
-                               f"{SPLIT_MIN_STEP_FLOPS}: too small for a split to pay; one BLAS "
-                               "thread", one_blas_thread=True)
+        return Plan("general", f"{size}: under {SPLIT_MIN_STEP_FLOPS} FLOPs and "
+                               f"{SPLIT_MIN_WEIGHT_BYTES // 1024} KiB, too small for a split to "
+                               "pay; one BLAS thread", one_blas_thread=True)
     elif cores < 2 and batch > ONE_WORKER_MAX_BATCH:
         why_not = (f"{cores} usable core(s), and one worker beats the general driver only up "
                    f"to batch {ONE_WORKER_MAX_BATCH}")
@@ -285,8 +299,7 @@ def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, core
         why_not = ("another thread of this process is running (e.g. a BLAS pool still "
                    "spinning after a NumPy call): two lockstep workers would share its core")
     else:
-        return Plan("split", f"a step's product of {step_flops} FLOPs split over {workers} "
-                             "cores", workers)
+        return Plan("split", f"{size}, split over {workers} cores", workers)
     if choice == "split":
         raise ValueError(f"CPU path 'split' was forced, but {cell.name} with batch "
                          f"{batch}, hidden {hidden}, {dtype} cannot take it: {why_not}")
