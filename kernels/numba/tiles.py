@@ -23,7 +23,9 @@ accumulators; AVX/AVX2 (16 of 32 bytes): 6 x 2; otherwise 16-byte vectors,
 6 x 2.  Measured on the 2-core VM (AVX-512, one thread, float32): 6 x 4
 tiles ran a 32 x 256 by 256 x 512 product at ~180 GFLOP/s and 64 x 512 by
 512 x 1024 at ~150, where OpenBLAS's single-threaded SGEMM ran 106 and 120
-(it packs W on every call); 4 x 4 tiles ran 130 and 118.
+(it packs W on every call); 4 x 4 tiles ran 130 and 118.  On the Zen 3 VM
+(AVX2, 6 x 2): 88-97 GFLOP/s from batch 4 up, about one core's peak.  Tiles
+of fewer rows cover several panels (:func:`panels_at_once`).
 """
 
 from __future__ import annotations
