@@ -649,11 +649,14 @@ def _memory_table(measured):
     table = [("cell", "T,B,I,H", *(f"{library} MiB" for library in MEMORY_LIBRARIES),
               "torch/rnnkern")]
     for item in measured:
-        mib = [None if item["bytes"][library] is None else item["bytes"][library] / 2**20
+        measured_bytes = item["bytes"]
+        mib = [None if measured_bytes[library] is None else measured_bytes[library] / 2**20
                for library in MEMORY_LIBRARIES]
+        ratio = (None if not measured_bytes["rnnkern"]          # None, or 0: no ratio
+                 else _ratio(measured_bytes["torch"], measured_bytes["rnnkern"]))
         table.append((item["cell"], ",".join(map(str, item["shape"])),
                       *("n/a" if value is None else f"{value:.1f}" for value in mib),
-                      _format_ratio(_ratio(item["bytes"]["torch"], item["bytes"]["rnnkern"] or None))))
+                      _format_ratio(ratio)))
     return ["", "peak memory of one forward+backward: the rise of the resident set above what "
                 "the process held before the call, after a warm-up call at T=2 (fresh process "
                 "per case and library):", "", *_aligned(table, left_columns=2)]

@@ -325,9 +325,9 @@ def _peak_memory(request):
     if reason is not None:
         return {"unavailable": reason}
     shape = BenchShape(*request["shape"])
-    warm = _workload(library, request["cell"], dataclasses.replace(shape, T=min(2, shape.T)), dtype, "cpu",
-                     request["seed"], request["threads"])
-    warm.forward_backward()
+    warm_shape = dataclasses.replace(shape, T=min(2, shape.T))
+    _workload(library, request["cell"], warm_shape, dtype, "cpu", request["seed"],
+              request["threads"]).forward_backward()
     workload = _workload(library, request["cell"], shape, dtype, "cpu", request["seed"],
                          request["threads"])
     gc.collect()
