@@ -69,6 +69,8 @@ SPLIT_MIN_STEP_FLOPS = 200_000
 #: 1.50/3.22, RNN H=50 B=32 (10 KiB, 160k FLOPs, the sine demo's layer) 0.64/1.25
 #: vs 0.85/1.78.  Short sequences pay the split's per-call cost (packing, the
 #: helper's start) over fewer steps: RNN H=256 B=1 at T=40 was 1.04/2.11 vs 1.09/2.36.
+#: (The AVX-512 VM's "level or slower" above at 131k predates tiles of one row
+#: covering several panels, which made the split's batch-1 product ~1.4x faster.)
 SPLIT_MIN_WEIGHT_BYTES = 256 * 1024
 #: The most workers a split takes: one helper thread beside the caller (the
 #: only count measured: the development machine has two cores).
