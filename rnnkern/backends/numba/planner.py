@@ -190,10 +190,11 @@ class _ThreadStats:
         return int(fields[fields.rindex(b")") + 2:].split()[17])     # num_threads
 
     def _list_again(self):
-        if self._pid == os.getpid():            # after a fork the parent's files stay open
-            for file in (self._process, *self._files.values()):
-                os.close(file)
-        self._files = {}
+        for file in self._files.values():        # after a fork: this process's copies
+            os.close(file)
+        if self._process is not None:
+            os.close(self._process)
+        self._process, self._files = None, {}
         self._process = os.open("/proc/self/stat", os.O_RDONLY)
         self._pid, self._count = os.getpid(), self._thread_count()
         for task in os.listdir("/proc/self/task"):
