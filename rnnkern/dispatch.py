@@ -13,7 +13,10 @@ the class up in ``sys.modules``.
 
 from __future__ import annotations
 
+import functools
+
 import array_api_compat
+import numpy as np
 
 from .validation import describe
 
@@ -29,6 +32,9 @@ def namespace_of(*arrays, names=None):
         If an argument is not an array, or the arrays come from different
         libraries or live on different devices.
     """
+    if any(a is not None for a in arrays) and all(
+            a is None or type(a) is np.ndarray for a in arrays):
+        return _numpy_namespace()               # the common case, without the checks' ~20 us
     names = names or [f"argument {k}" for k in range(len(arrays))]
     present = [(n, a) for n, a in zip(names, arrays) if a is not None]
     for name, a in present:
@@ -47,6 +53,12 @@ def namespace_of(*arrays, names=None):
         kinds = ", ".join(f"{n} on {d}" for d, n in devices.items())
         raise TypeError(f"Input arrays use different devices: {kinds}")
     return xp
+
+
+@functools.cache
+def _numpy_namespace():
+    """What ``array_api_compat.array_namespace`` gives for NumPy arrays."""
+    return array_api_compat.array_namespace(np.empty(0))
 
 
 def backend_name(xp) -> str:

@@ -258,6 +258,46 @@ def test_a_small_step_stays_on_the_general_path():
     assert 256 * 256 * 4 >= planner.SPLIT_MIN_WEIGHT_BYTES and more_bytes.path == "split"
 
 
+def test_short_sequences_take_the_general_path_on_the_weights_as_they_are():
+    """Under SPLIT_MIN_STEPS steps the split's packing does not pay for itself, and under
+    TRANSPOSE_MIN_STEPS (or at batch 1, a GEMV either way) neither does a copy of W_hh^T."""
+    def plan(batch, steps, choice="auto"):
+        return planner.plan_direction(_lstm(), "float32", batch, 256, projected=False,
+                                      steps=steps, choice=choice, cores=2, others_running=0)
+
+    assert plan(1, planner.SPLIT_MIN_STEPS).path == "split"
+    short = plan(1, planner.SPLIT_MIN_STEPS - 1)
+    assert short.path == "general" and "too few" in short.reason
+    assert not short.transposed_weights
+    assert plan(1, 1, choice="split").path == "split"          # forcing is not second-guessed
+    long_enough = planner.TRANSPOSE_MIN_STEPS
+    assert plan(32, long_enough, choice="general").transposed_weights
+    assert not plan(32, long_enough - 1, choice="general").transposed_weights
+    assert not plan(1, long_enough, choice="general").transposed_weights
+    assert plan(32, None, choice="general").transposed_weights        # None: a long sequence
+
+
+@pytest.mark.parametrize("proj_size", [0, 3])
+def test_the_general_driver_on_a_copy_of_w_hh_t_or_on_its_view(proj_size, monkeypatch):
+    """Both ways of the step product (NN on a copy of W_hh^T, NT on the view) give torch's
+    results, with and without a projection (whose W_hr^T is copied or viewed alike)."""
+    layer = make_layer(_lstm(), 4, 7, 2, bidirectional=True, proj_size=proj_size,
+                       dtype="float64", seed=8)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 3, 4))
+    dy = rng.standard_normal((5, 3, 2 * (proj_size or 7)))
+    ref = oracle_run(layer, x, None, [5, 2, 4], dy, None)
+    for copy in (True, False):
+        monkeypatch.setattr(planner, "TRANSPOSE_MIN_STEPS", 1 if copy else 10**9)
+        with planner.use_path("general"):
+            y, _, tape = layer.forward(x, lengths=[5, 2, 4])
+            dx, _, _ = layer.backward(dy, tape)
+        direction = f"lstm float64 B=3 H=7{' proj' if proj_size else ''} training"
+        assert planner.recent_paths()[direction].transposed_weights == copy
+        _assert_close(y, ref["y"], "float64", f"y, copy={copy}")
+        _assert_close(dx, ref["dx"], "float64", f"dx, copy={copy}")
+
+
 def test_one_core_means_one_worker_at_batch_one_else_the_general_path():
     one = planner.plan_direction(_lstm(), "float32", 1, 256, projected=False, choice="auto",
                                  cores=1)

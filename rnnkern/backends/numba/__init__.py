@@ -9,7 +9,8 @@ Per layer-direction (contract in ``rnnkern.backends``)::
 
 Scratch that no caller sees again comes from a per-thread cache
 (:func:`_workspace`), in training as in inference: ``gx``, ``gh``, the
-copies of W_hh^T and W_hr^T (:func:`_transposed_copy`), the backward's gate
+copies of W_hh^T and W_hr^T where the plan makes them (:func:`_transposed_copy`;
+``planner.TRANSPOSE_MIN_STEPS``), the backward's gate
 gradients ``dgx``/``dgh`` and its per-step buffers; fresh arrays of that
 size cost their first-touch page faults on every call.  What the tape keeps
 (states, saved gates, ``m``) is fresh in training.  Inference
@@ -67,10 +68,10 @@ def _matmul(a, b):
 def _transposed_copy(w, scratch, role):
     """``w.T`` copied C-contiguous into ``scratch(role, ...)``.
 
-    The per-step product ``h @ W^T`` runs 1.3-4x faster on OpenBLAS with
-    ``W^T`` C-contiguous (NN) than with the view ``w.T`` transposed by flag
-    (NT), measured at B = 2-64 for W of 1024x256 and 2048x512 (equal at
-    B = 1); the copy costs less than one step.
+    For the general driver's step products on long sequences
+    (``Plan.transposed_weights``): on one machine's OpenBLAS they ran 1.3-4x
+    faster with ``W^T`` C-contiguous (NN) than with the view ``w.T``
+    transposed by flag (NT); see ``planner.TRANSPOSE_MIN_STEPS``.
     """
     out = scratch(role, w.shape[::-1])
     np.copyto(out, w.T)
@@ -127,7 +128,8 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     kept = (lambda role, shape: np.empty(shape, dtype)) if keep else scratch
     S = T if keep else 1                   # steps of the saved arrays (see the driver)
     w_hr = params.get("weight_hr")
-    plan = planner.plan_direction(cell, dtype, B, H, projected=w_hr is not None, training=keep)
+    plan = planner.plan_direction(cell, dtype, B, H, projected=w_hr is not None, training=keep,
+                                  steps=T)
     lengths = int32_lengths(np, lengths, B, T)
     state = tuple(_own_copy(s, dtype) for s in state)
     y = np.empty((T, B, P), dtype)
@@ -140,7 +142,7 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     else:
         with _cores_held() if plan.one_blas_thread else contextlib.nullcontext():
             m = _general_forward(cell, x, params, lengths, reverse, keep, state, y, history,
-                                 saved, scratch, kept)
+                                 saved, scratch, kept, plan.transposed_weights)
     if not keep:
         return y, state, None
     tape = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "lengths": lengths,
@@ -149,9 +151,13 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
 
 
 def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history, saved, scratch,
-                     kept):
+                     kept, transposed_weights):
     """``drivers.forward_sequence`` after one GEMM for every step's ``x W_ih^T + b_ih``;
-    returns the projection's m_t for the tape (None without a projection)."""
+    returns the projection's m_t for the tape (None without a projection).
+
+    ``transposed_weights``: the step products multiply by C-contiguous copies of
+    ``W_hh^T`` and ``W_hr^T`` (see the planner), else by the transposed views.
+    """
     w_hh, w_hr = params["weight_hh"], params.get("weight_hr")
     T, B, _ = x.shape
     GH, P = w_hh.shape
@@ -162,15 +168,21 @@ def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history,
     blas = gemm_function(dtype)
     gemm.gemm(blas, _rows(x), np.asfortranarray(params["weight_ih"].T), gx.reshape(T * B, GH))
     gx += params["bias_ih"]
+
+    def transposed(w, role):
+        if transposed_weights:
+            return _transposed_copy(w, scratch, role)
+        return np.ascontiguousarray(w).T        # NT products on the view
+
     if w_hr is None:
         projection = (_NONE_2D[dtype], state, y, _NONE_2D[dtype])
     else:                        # the rows write m_t = o tanh(c_t); the driver projects it
         m = np.zeros((B, H), dtype)
-        projection = (_transposed_copy(w_hr, scratch, "w_hr_t"), (m,) + state[1:],
+        projection = (transposed(w_hr, "w_hr_t"), (m,) + state[1:],
                       kept("m", (S, B, H)), scratch("projected", (B, P)))
     drivers.forward_sequence(
         drivers.CellRows(cell.kernels["numba"]), blas, gx,
-        _transposed_copy(w_hh, scratch, "w_hh_t"), np.ascontiguousarray(params["bias_hh"]),
+        transposed(w_hh, "w_hh_t"), np.ascontiguousarray(params["bias_hh"]),
         lengths, reverse, keep, state, y, history, saved, scratch("gh", (B, GH)), *projection)
     return None if w_hr is None else projection[2]
 
@@ -434,7 +446,8 @@ def backward_direction(cell, dy, dstate_n, tape):
     dgh = _workspace("dgh", (T, B, GH), dtype) if "dgh" in cell.step_gradients else dgx
     dy = np.ascontiguousarray(dy)
     w_hr = tape["w_hr"]
-    plan = planner.plan_direction(cell, dtype, B, H, projected=w_hr is not None, training=True)
+    plan = planner.plan_direction(cell, dtype, B, H, projected=w_hr is not None, training=True,
+                                  steps=T)
     if plan.path == "split":
         dx = np.empty((T, B, I), dtype)
         grads = {"weight_ih": np.empty_like(w_ih), "weight_hh": np.empty((GH, P), dtype),

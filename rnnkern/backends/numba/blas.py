@@ -101,8 +101,13 @@ def gemm_function(dtype) -> tuple:
     """
     import numpy as np
 
-    letter = {"float32": "s", "float64": "d"}[np.dtype(dtype).name]
-    name = blas_name()
+    return _addresses(blas_name(), {"float32": "s", "float64": "d"}[np.dtype(dtype).name])
+
+
+@functools.lru_cache(maxsize=None)
+def _addresses(name, letter):
+    """:func:`gemm_function` for one library and type letter, looked up once (ctypes casts
+    cost ~15 us a call, and every layer call asks)."""
     if name == "mkl":
         handle, pattern, ilp64 = _mkl(), "cblas_{}", False
     elif name == "numpy":

@@ -12,10 +12,12 @@ Two drivers run a layer-direction on NumPy arrays (``rnnkern.kernels.numba``):
   weight gradients.  Both cores work on every stage, the rows included, and
   no BLAS pool is woken between steps.
 
-``plan_direction`` picks one from the batch, the shapes and the cores this
-process may use; forward (with or without a tape) and backward plan alike.
-``auto`` takes split, with two workers, where all of these hold: no
-projection (``proj_size`` needs all of ``m_t`` between steps); a step's
+``plan_direction`` picks one from the batch, the shapes, the sequence
+length and the cores this process may use; forward (with or without a tape)
+and backward plan alike.  ``auto`` takes split, with two workers, where all
+of these hold: no projection (``proj_size`` needs all of ``m_t`` between
+steps); at least ``SPLIT_MIN_STEPS`` steps (the packing and the helper's
+wake-up are paid once a call, the gain once a step); a step's
 product of at least ``SPLIT_MIN_STEP_FLOPS`` or a ``W_hh`` of at least
 ``SPLIT_MIN_WEIGHT_BYTES`` (below both, the barrier and the cross-core
 exchange of h, ~1-2 us a step, cost more than the split saves; such layers
@@ -30,6 +32,12 @@ split 48 ms a step, general 30.8, split alone 22.3).  Other processes on the
 second core are not seen; a detector of slow barrier waits, tried, mistook a
 first call's page faults for a busy core.  On one usable core, one split
 worker up to ``ONE_WORKER_MAX_BATCH`` rows, the general driver above.
+
+The general driver's per-step product ``h W_hh^T`` runs on a C-contiguous
+copy of ``W_hh^T`` (``Plan.transposed_weights``) where a sequence is long
+enough to pay for the copy: OpenBLAS multiplies by it (NN) faster than by
+the transposed view (NT) at batch 2 and up; at batch 1 the product is a GEMV
+either way, and the copy is pure cost.
 
 The choice can be forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch
 jobs and benchmarks), and every plan taken is recorded for
@@ -47,8 +55,8 @@ import numpy as np
 
 from ..paths import PathSetting, PlanLog
 
-__all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "SPLIT_MIN_WEIGHT_BYTES", "MAX_WORKERS",
-           "ONE_WORKER_MAX_BATCH", "Plan", "use_path", "path_choice",
+__all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "SPLIT_MIN_WEIGHT_BYTES", "SPLIT_MIN_STEPS",
+           "TRANSPOSE_MIN_STEPS", "MAX_WORKERS", "ONE_WORKER_MAX_BATCH", "Plan", "use_path", "path_choice",
            "usable_cores", "other_threads_running", "policy", "plan_direction", "recent_paths"]
 
 #: What ``use_path`` and ``$RNNKERN_CPU_PATH`` accept.
@@ -72,6 +80,25 @@ SPLIT_MIN_STEP_FLOPS = 200_000
 #: (The AVX-512 VM's "level or slower" above at 131k predates tiles of one row
 #: covering several panels, which made the split's batch-1 product ~1.4x faster.)
 SPLIT_MIN_WEIGHT_BYTES = 256 * 1024
+#: ... and only for sequences of at least this many steps: the split pays its
+#: packing and the helper's wake-up once a call and gains on every step.  Measured
+#: on the Zen 3 VM (float32, I = 128, H = 256, each call after a gc.collect() as
+#: the bench times it, paired; general / split time, above 1: split faster),
+#: inference at T = 16 / 32 / 48: LSTM B=1 1.03 / 1.26 / 1.34, GRU B=1 0.96 / 1.17
+#: / 1.30, RNN B=1 0.74 / 0.81 / 1.02, LSTM B=32 0.84 / 0.95 / 1.18, GRU B=32 0.81
+#: / 1.19 / 0.94; forward+backward: LSTM B=1 0.79 / 0.85 / 1.01, GRU B=1 0.80 /
+#: 0.91 / 1.09, LSTM B=32 1.03 / 1.08 / 1.07, GRU B=32 0.98 / 1.10 / 1.20.  At T = 1
+#: the general driver took a third to half the split's time.
+SPLIT_MIN_STEPS = 32
+#: The general driver multiplies by a C-contiguous copy of ``W_hh^T`` (NN) only
+#: for sequences of at least this many steps, at batch 2 and up.  On the AVX-512
+#: VM's OpenBLAS the NN products ran 1.3-4x faster than NT at B = 2-64 (W of
+#: 1024x256 and 2048x512); on the Zen 3 VM (OpenBLAS 0.3.31) NT/NN was 0.8-1.2
+#: and the strided copy of a 1024x256 float32 W_hh took ~0.5 ms, as much as LSTM
+#: B=1 inference at T = 1.  Measured there (general driver, inference, after a
+#: gc.collect(), view / copy ms): LSTM B=32 T=1 1.38 / 1.86, T=16 6.9 / 7.5, T=32
+#: 14.8 / 11.8; GRU B=32 T=16 5.4 / 6.0, T=32 8.0 / 10.2.
+TRANSPOSE_MIN_STEPS = 32
 #: The most workers a split takes: one helper thread beside the caller (the
 #: only count measured: the development machine has two cores).
 MAX_WORKERS = 2
@@ -87,14 +114,17 @@ _ENVIRONMENT = "RNNKERN_CPU_PATH"
 class Plan:
     """The driver of one layer-direction; ``reason`` says why in words.
 
-    ``workers`` matters on the split path only; ``one_blas_thread`` (general
-    path) asks for the BLAS on one thread during the call.
+    ``workers`` matters on the split path only; on the general path
+    ``one_blas_thread`` asks for the BLAS on one thread during the call, and
+    ``transposed_weights`` for the step products on a C-contiguous copy of
+    ``W_hh^T`` (and ``W_hr^T``) rather than on the transposed views.
     """
 
     path: str
     reason: str
     workers: int = 0
     one_blas_thread: bool = False
+    transposed_weights: bool = False
 
     def describe(self) -> str:
         if self.path == "split":
@@ -235,7 +265,7 @@ def recent_paths() -> dict:
 
 
 def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
-                   training: bool = False, choice: str | None = None,
+                   training: bool = False, steps: int | None = None, choice: str | None = None,
                    cores: int | None = None, others_running: int | None = None) -> Plan:
     """The driver of one layer-direction of ``cell`` with a ``(batch, hidden)`` state.
 
@@ -249,6 +279,8 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     training : bool
         A forward that keeps a tape, or a backward (recorded apart from
         inference in ``recent_paths``; planned alike).
+    steps : int, optional
+        The sequence length T; None plans for a long sequence.
     choice : {"auto", "split", "general"}, optional
         Default ``path_choice()``.
     cores : int, optional
@@ -265,16 +297,16 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     choice = path_choice() if choice is None else _SETTING.checked(choice, "choice")
     workers = _SETTING.forced_options().get("workers")
     cores = usable_cores() if cores is None else cores
-    plan = _plan(cell, np.dtype(dtype), batch, hidden, projected, training, choice, workers,
-                 cores, others_running)
+    plan = _plan(cell, np.dtype(dtype), batch, hidden, projected, steps, choice, workers, cores,
+                 others_running)
     _RECENT.record((cell.name, str(np.dtype(dtype)), batch, hidden, projected, training), plan)
     return plan
 
 
-def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, cores,
-          others_running):
+def _plan(cell, dtype, batch, hidden, projected, steps, choice, workers, cores, others_running):
+    transposed = batch > 1 and (steps is None or steps >= TRANSPOSE_MIN_STEPS)
     if choice == "general":
-        return Plan("general", "forced")
+        return Plan("general", "forced", transposed_weights=transposed)
     if workers is None:
         workers = min(MAX_WORKERS, cores)
     workers = min(workers, hidden)
@@ -290,7 +322,13 @@ def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, core
         # would spin on the core the next split layer's second worker needs.
         return Plan("general", f"{size}: under {SPLIT_MIN_STEP_FLOPS} FLOPs and "
                                f"{SPLIT_MIN_WEIGHT_BYTES // 1024} KiB, too small for a split to "
-                               "pay; one BLAS thread", one_blas_thread=True)
+                               "pay; one BLAS thread", one_blas_thread=True,
+                    transposed_weights=transposed)
+    elif steps is not None and steps < SPLIT_MIN_STEPS:
+        # The general driver's BLAS threads may wake here; a split layer that follows
+        # sees them running and takes the general driver too (other_threads_running).
+        return Plan("general", f"{steps} step(s): under {SPLIT_MIN_STEPS}, too few to pay for "
+                               "packing the weights", transposed_weights=transposed)
     elif cores < 2 and batch > ONE_WORKER_MAX_BATCH:
         why_not = (f"{cores} usable core(s), and one worker beats the general driver only up "
                    f"to batch {ONE_WORKER_MAX_BATCH}")
@@ -306,4 +344,4 @@ def _plan(cell, dtype, batch, hidden, projected, training, choice, workers, core
     if choice == "split":
         raise ValueError(f"CPU path 'split' was forced, but {cell.name} with batch "
                          f"{batch}, hidden {hidden}, {dtype} cannot take it: {why_not}")
-    return Plan("general", why_not)
+    return Plan("general", why_not, transposed_weights=transposed)
