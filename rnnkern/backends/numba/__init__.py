@@ -83,11 +83,13 @@ def _own_copy(a, dtype):
 
 
 class _ThreadWorkspaces(threading.local):
-    """One flat buffer per (role, dtype) for each thread, grown on demand; and the arrays
-    last carved from a role's buffer (``_cache_line_arrays``), with their layout."""
+    """One flat buffer per (role, dtype) for each thread, grown on demand; the shaped views
+    of them handed out (``_workspace``); and the arrays last carved from a role's buffer
+    (``_cache_line_arrays``), with their layout."""
 
     def __init__(self):
         self.buffers = {}
+        self.views = {}
         self.carved = {}
 
 
@@ -104,6 +106,9 @@ def _workspace(role, shape, dtype):
     within one ``forward_direction`` call (never ``y``, a state or a tape
     entry).  Arrays over :data:`WORKSPACE_LIMIT_BYTES` are not cached.
     """
+    view = _WORKSPACES.views.get((role, dtype, shape))
+    if view is not None:                    # the same view as last time: ~0.3 us, not ~3
+        return view
     dtype = np.dtype(dtype)
     size = math.prod(shape)
     if size * dtype.itemsize > WORKSPACE_LIMIT_BYTES:
@@ -111,7 +116,15 @@ def _workspace(role, shape, dtype):
     buffer = _WORKSPACES.buffers.get((role, dtype))
     if buffer is None or buffer.size < size:
         buffer = _WORKSPACES.buffers[(role, dtype)] = np.empty(max(size, 1), dtype)
-    return buffer[:size].reshape(shape)
+        _WORKSPACES.views = {key: view for key, view in _WORKSPACES.views.items()
+                             if key[0] != role}         # views of the old buffer
+    if len(_WORKSPACES.views) >= _MAX_VIEWS:            # many shapes (T varying): start over
+        _WORKSPACES.views = {}
+    view = _WORKSPACES.views[(role, dtype, shape)] = buffer[:size].reshape(shape)
+    return view
+
+
+_MAX_VIEWS = 256
 
 
 def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):

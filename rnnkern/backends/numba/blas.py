@@ -101,7 +101,9 @@ def gemm_function(dtype) -> tuple:
     """
     import numpy as np
 
-    return _addresses(blas_name(), {"float32": "s", "float64": "d"}[np.dtype(dtype).name])
+    from ...validation import dtype_name
+
+    return _addresses(blas_name(), {"float32": "s", "float64": "d"}[dtype_name(np.dtype(dtype))])
 
 
 @functools.lru_cache(maxsize=None)

@@ -53,6 +53,7 @@ import threading
 
 import numpy as np
 
+from ...validation import dtype_name
 from ..paths import PathSetting, PlanLog
 
 __all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "SPLIT_MIN_WEIGHT_BYTES", "SPLIT_MIN_STEPS",
@@ -299,7 +300,8 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     cores = usable_cores() if cores is None else cores
     plan = _plan(cell, np.dtype(dtype), batch, hidden, projected, steps, choice, workers, cores,
                  others_running)
-    _RECENT.record((cell.name, str(np.dtype(dtype)), batch, hidden, projected, training), plan)
+    _RECENT.record((cell.name, dtype_name(np.dtype(dtype)), batch, hidden, projected, training),
+                   plan)
     return plan
 
 
