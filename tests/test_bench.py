@@ -71,7 +71,7 @@ def test_the_benchmarks_use_the_tiny_shapes():
     recurrent = importlib.import_module("benchmarks.recurrent")
     assert recurrent.SHAPES == [str(shape) for shape in TINY_SHAPES]
     assert {cls.__name__ for cls in BENCHMARK_CLASSES} >= {
-        "LayerTime", "HostMemory", "GpuPoolMemory", "FirstCall"}
+        "LayerTime", "SingleStepTime", "HostMemory", "GpuPoolMemory", "FirstCall"}
 
 
 @pytest.mark.parametrize("benchmark_class, params", list(_cases()))
@@ -152,6 +152,24 @@ def test_bench_command_writes_every_figure(tmp_path):
     assert no_grad["samples"]["rnnkern"] != forward["samples"]["rnnkern"]      # layer(x), timed apart
     if TORCH_INSTALLED:
         assert no_grad["samples"]["torch"] != forward["samples"]["torch"]
+
+
+def test_bench_single_step_times_the_cells_and_agrees_with_torch(tmp_path):
+    """``--single-step`` times rnnkern.LSTMCell (GRUCell) against torch.nn's on x[0]: the
+    checksums of h', dx and dW_hh agree with torch's cells and with the reference's one-step
+    layer; a shape with T > 1 is refused."""
+    report_file = tmp_path / "bench.json"
+    completed = _run_bench("--single-step", "--cell", "lstm", "gru", "--shape", "1,3,4,8",
+                           "--repeats", "1", "--rounds", "1", "--json", str(report_file))
+    assert completed.returncode == 0, completed.stderr
+    assert "single-step cells" in completed.stdout
+    report = json.loads(report_file.read_text())
+    assert report["settings"]["single_step"] is True
+    for row in report["rows"]:
+        assert row["libraries_agree"] is True, row["checksums"]
+        assert row["seconds"]["rnnkern"] > 0
+    refused = _run_bench("--single-step", "--cell", "lstm", "--shape", "2,3,4,8")
+    assert refused.returncode == 2 and "T = 1" in refused.stderr
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux procfs")

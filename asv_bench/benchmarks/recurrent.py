@@ -23,7 +23,8 @@ import importlib
 
 import numpy as np
 
-from rnnkern.bench.shapes import CELLS, DTYPES, all_shapes, parse_shape, shapes_for
+from rnnkern.bench.shapes import (CELLS, DTYPES, all_shapes, parse_shape, shapes_for,
+                                  single_step_shapes)
 from rnnkern.bench.workers import first_call_seconds
 from rnnkern.bench.workloads import RnnkernWorkload
 from rnnkern.devices import cuda_unavailable_reason
@@ -70,6 +71,30 @@ class LayerTime:
         self.workload.forward()
 
     def time_forward_backward(self, cell, backend, dtype, shape):
+        self.workload.forward_backward()
+
+
+class SingleStepTime:
+    """Wall time of the single-step cells (``rnnkern.LSTMCell``, ...) on NumPy arrays: one
+    step ``cell(x, state)``, ``cell.forward`` and forward + ``backward``, at
+    ``SINGLE_STEP_SHAPES`` (T = 1: the per-call cost a generation loop pays every step)."""
+
+    params = [CELLS, DTYPES, [str(shape) for shape in single_step_shapes()]]
+    param_names = ["cell", "dtype", "shape"]
+    timeout = 120
+
+    def setup(self, cell, dtype, shape):
+        self.workload = RnnkernWorkload(cell, parse_shape(shape), dtype, "cpu",
+                                        single_step=True)
+        self.workload.forward_backward()
+
+    def time_inference(self, cell, dtype, shape):
+        self.workload.forward_no_grad()
+
+    def time_forward(self, cell, dtype, shape):
+        self.workload.forward()
+
+    def time_forward_backward(self, cell, dtype, shape):
         self.workload.forward_backward()
 
 

@@ -57,7 +57,7 @@ from pathlib import Path
 from ..cells import cell_for
 from ..devices import DEVICES
 from ..backends.cuda.planner import PATHS
-from .shapes import CELLS, FIRST_CALL_SHAPE, parse_shape, shapes_for
+from .shapes import CELLS, FIRST_CALL_SHAPE, parse_shape, shapes_for, single_step_shapes
 from .workers import WorkerError, first_call_seconds, run_in_fresh_process
 
 __all__ = ["main"]
@@ -102,7 +102,12 @@ def main(argv=None):
     if args.plot:
         return _plot(args, threads)
     cells = args.cell or list(DEFAULT_CELLS)
-    shapes = args.shape or list(shapes_for(args.device))
+    shapes = args.shape or list(single_step_shapes() if args.single_step
+                                else shapes_for(args.device))
+    if args.single_step and any(shape.T != 1 for shape in shapes):
+        print("--single-step: a single-step cell runs one step: every --shape needs T = 1",
+              file=sys.stderr)
+        return 2
     cases = [(cell, shape) for shape in shapes for cell in cells]
 
     try:
@@ -157,6 +162,11 @@ def _parse_arguments(argv):
                         help="shapes (sequence length, batch, input size, hidden size). Default: "
                              "the device's shapes in rnnkern.bench.shapes "
                              "(RNNKERN_BENCH_SHAPES=tiny picks tiny ones)")
+    parser.add_argument("--single-step", action="store_true",
+                        help="time the single-step cells (rnnkern.LSTMCell, ... against "
+                             "torch.nn.LSTMCell, ...) on x[0] of shapes with T = 1; the "
+                             "reference runs its one-step layer. Default shapes: "
+                             "rnnkern.bench.shapes.SINGLE_STEP_SHAPES")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--repeats", type=_positive_int, default=5,
                         help="timed calls per pass, case and round, after one warm-up call. "
@@ -331,7 +341,7 @@ def _run_rounds(args, cases, gemms, threads):
             else:
                 request = {"task": "time", "library": kind, "cases": case_list,
                            "threads": threads, "seed": args.seed,
-                           "cuda_path": args.cuda_path}
+                           "cuda_path": args.cuda_path, "single_step": args.single_step}
             request.update(device=args.device, dtype=args.dtype, repeats=args.repeats)
             started = time.perf_counter()
             try:
@@ -541,7 +551,7 @@ def _report(args, threads, device_info, cases, timings, notes, first_calls, peak
             })
     return {
         "settings": {"device": args.device, "dtype": args.dtype, "threads": threads,
-                     "cuda_path": args.cuda_path,
+                     "cuda_path": args.cuda_path, "single_step": args.single_step,
                      "repeats": args.repeats, "rounds": args.rounds, "seed": args.seed,
                      "max_interference": args.max_interference, "retries": args.retries},
         "other_cpu_share_worst": {kind: _worst([share for key, shares in timings.items()
@@ -585,7 +595,9 @@ def _format_report(report):
     lines = [
         f"rnnkern bench: device {settings['device']}, {settings['dtype']}, "
         f"{settings['threads']} threads per library, median of {samples} timed calls "
-        f"({settings['rounds']} rounds x {settings['repeats']}) after a warm-up call",
+        f"({settings['rounds']} rounds x {settings['repeats']}) after a warm-up call"
+        + ("; single-step cells (rnnkern.LSTMCell, ... vs torch.nn.LSTMCell, ...; the "
+           "reference: its layer for one step)" if settings.get("single_step") else ""),
         f"machine: {machine.get('gpu') or machine['cpu']} ({machine['cpu_count']} cores), "
         f"numpy {machine['numpy']} with {machine['blas'] or 'no BLAS found'}"
         + (f", torch {torch_info['torch']}" if torch_info else ""),

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from .. import cells as _registry
 
 __all__ = ["BenchShape", "CELLS", "DTYPES", "CPU_SHAPES", "GPU_SHAPES", "TINY_SHAPES",
-           "FIRST_CALL_SHAPE", "SHAPES_VARIABLE", "shape_selection", "shapes_for", "all_shapes", "parse_shape"]
+           "SINGLE_STEP_SHAPES", "TINY_SINGLE_STEP_SHAPES", "FIRST_CALL_SHAPE", "SHAPES_VARIABLE",
+           "shape_selection", "shapes_for", "single_step_shapes", "all_shapes", "parse_shape"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,17 @@ TINY_SHAPES = (
     BenchShape(T=5, B=3, I=4, H=8),
 )
 
+#: The single-step cells (``LSTMCell``, ...; ``bench --single-step``, asv ``SingleStepTime``):
+#: one step (T = 1) of the CPU shapes' layer, one sequence and a batch.
+SINGLE_STEP_SHAPES = (
+    BenchShape(T=1, B=1, I=128, H=256),
+    BenchShape(T=1, B=32, I=128, H=256),
+)
+TINY_SINGLE_STEP_SHAPES = (
+    BenchShape(T=1, B=1, I=4, H=8),
+    BenchShape(T=1, B=3, I=4, H=8),
+)
+
 #: First-call (compilation) times are taken on this small shape, so that they
 #: measure compilation rather than the call itself.
 FIRST_CALL_SHAPE = TINY_SHAPES[-1]
@@ -105,6 +117,11 @@ def shape_selection():
 def shapes_for(device):
     """The selected shapes for ``device`` (``"cpu"`` or ``"cuda"``)."""
     return _SELECTIONS[shape_selection()][device]
+
+
+def single_step_shapes():
+    """The selected shapes of the single-step cells (T = 1)."""
+    return TINY_SINGLE_STEP_SHAPES if shape_selection() == "tiny" else SINGLE_STEP_SHAPES
 
 
 def all_shapes():

@@ -171,11 +171,13 @@ def _timed(call):
     return elapsed
 
 
-def _workload(library, cell, shape, dtype, device, seed, threads):
+def _workload(library, cell, shape, dtype, device, seed, threads, single_step=False):
+    """``single_step``: rnnkern's and torch's single-step cells; the reference runs its layer
+    for the one step (the same arithmetic)."""
     if library == "rnnkern":
-        return RnnkernWorkload(cell, shape, dtype, device, seed)
+        return RnnkernWorkload(cell, shape, dtype, device, seed, single_step)
     if library == "torch":
-        return TorchWorkload(cell, shape, dtype, device, seed, threads)
+        return TorchWorkload(cell, shape, dtype, device, seed, threads, single_step)
     if library == "reference":
         return ReferenceWorkload(cell, shape, dtype, device, seed)
     raise ValueError(f"library: expected rnnkern, torch or reference, got {library!r}")
@@ -237,7 +239,8 @@ def _time_cases(request):
         shape = BenchShape(*case["shape"])
         with planner.use_path(request.get("cuda_path", "auto")):
             workload = _workload(library, case["cell"], shape, dtype, device,
-                                 request["seed"], request["threads"])
+                                 request["seed"], request["threads"],
+                                 request.get("single_step", False))
             warmup_seconds = _timed(workload.forward_backward)
             seconds = {}
             with OtherProcessesMeter() as others:

@@ -38,6 +38,22 @@ def make_layer(cell, shape, dtype, device, seed):
                                          dtype=dtype, device=device, seed=seed)
 
 
+def single_step_class_name(cell):
+    """``"LSTMCell"`` for ``"lstm"``: the single-step class computing ``cell``, in rnnkern and
+    in ``torch.nn`` alike (``Cell.layer`` + ``"Cell"``)."""
+    return cell_for(cell).layer + "Cell"
+
+
+def _check_single_step(shape):
+    if shape.T != 1:
+        raise ValueError(f"shape: a single-step cell runs one step, so T must be 1, got {shape}")
+
+
+def _layer_suffixed(params):
+    """A cell's ``state_dict`` names as the layer's (``weight_ih`` -> ``weight_ih_l0``)."""
+    return {f"{name}_l0": value for name, value in params.items()}
+
+
 def seeded_case(cell, shape, dtype, seed):
     """Parameters (by torch name), ``x (T, B, I)`` and ``dy (T, B, H)`` as NumPy arrays.
 
@@ -78,13 +94,26 @@ class RnnkernWorkload:
     device : str
         ``"cpu"`` (NumPy arrays, Numba kernels) or ``"cuda"`` (CuPy arrays).
     seed : int
+    single_step : bool
+        Time the single-step cell (``rnnkern.LSTMCell``, ...) on ``x[0]``
+        instead of the layer; ``shape.T`` must be 1.  Its parameters are
+        the layer's, and its step the layer's one step.
     """
 
     PASSES = ("forward", "forward_no_grad", "forward_backward")
 
-    def __init__(self, cell, shape, dtype, device, seed=0):
+    def __init__(self, cell, shape, dtype, device, seed=0, single_step=False):
         _, x, dy = seeded_case(cell, shape, dtype, seed)   # its parameters: those of the layer
-        self.layer = make_layer(cell, shape, dtype, device, seed)
+        layer = make_layer(cell, shape, dtype, device, seed)
+        if single_step:
+            _check_single_step(shape)
+            entry = cell_for(cell)
+            step = getattr(rnnkern, single_step_class_name(cell))(
+                shape.I, shape.H, **entry.layer_options, dtype=dtype, device=device)
+            step.load_state_dict({name: layer.state_dict()[f"{name}_l0"]
+                                  for name in step.state_dict()})
+            layer, x, dy = _SingleStepLayer(step), x[0], dy[0]
+        self.layer = layer
         if device == "cuda":
             import cupy
 
@@ -121,6 +150,33 @@ class RnnkernWorkload:
                 "dweight_hh": _absolute_sum(grads["weight_hh_l0"])}
 
 
+class _SingleStepLayer:
+    """A single-step cell seen as a one-step layer: ``y`` is ``h'``, the gradient ``dy``
+    comes in as the gradient of ``h'``, and the gradients carry the layer's names."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __call__(self, x):
+        state = self.step(x)
+        return _first_state(state), state
+
+    def forward(self, x):
+        state, tape = self.step.forward(x)
+        return _first_state(state), state, tape
+
+    def backward(self, dy, tape):
+        others = self.step.cell.num_states - 1          # c of the LSTMCell: no gradient
+        dstate = (dy,) + (dy * 0,) * others if others else dy
+        dx, dstate0, grads = self.step.backward(dstate, tape)
+        return dx, dstate0, _layer_suffixed(grads)
+
+
+def _first_state(state):
+    """``h'`` of what a cell returns (``h'``, or ``(h', c')`` for the ``LSTMCell``)."""
+    return state[0] if isinstance(state, tuple) else state
+
+
 class TorchWorkload:
     """The same layer as ``torch.nn.<Cell.layer>``, with the same parameters and inputs.
 
@@ -138,7 +194,7 @@ class TorchWorkload:
 
     PASSES = ("forward", "forward_no_grad", "forward_backward")
 
-    def __init__(self, cell, shape, dtype, device, seed=0, threads=None):
+    def __init__(self, cell, shape, dtype, device, seed=0, threads=None, single_step=False):
         import torch
 
         entry = cell_for(cell)
@@ -154,29 +210,45 @@ class TorchWorkload:
             torch.set_num_threads(threads)
         params, x, dy = seeded_case(cell, shape, dtype, seed)
         options = {"dtype": getattr(torch, dtype), "device": device}
-        module = getattr(torch.nn, entry.layer)(shape.I, shape.H, **entry.layer_options,
-                                                **options)
+        state_shape = (1, shape.B, shape.H)
+        if single_step:                         # torch.nn.LSTMCell on x[0], h (B, H)
+            _check_single_step(shape)
+            module = getattr(torch.nn, single_step_class_name(cell))(
+                shape.I, shape.H, **entry.layer_options, **options)
+            params = {name.removesuffix("_l0"): p for name, p in params.items()}
+            x, dy, state_shape = x[0], dy[0], state_shape[1:]
+        else:
+            module = getattr(torch.nn, entry.layer)(shape.I, shape.H, **entry.layer_options,
+                                                    **options)
         module.load_state_dict({name: torch.from_numpy(p) for name, p in params.items()})
         self.module = module
+        self.single_step = single_step
         self._no_grad = torch.no_grad
         self.x = torch.from_numpy(x).to(device).requires_grad_()
         self.dy = torch.from_numpy(dy).to(device)
-        zeros = [torch.zeros((1, shape.B, shape.H), **options).requires_grad_()
+        zeros = [torch.zeros(state_shape, **options).requires_grad_()
                  for _ in entry.state_names]
         # torch's convention: a tuple of states ((h, c) for LSTM), a lone h as a tensor.
         self.state = tuple(zeros) if len(zeros) > 1 else zeros[0]
         self._leaves = [self.x, *zeros, *module.parameters()]
 
+    def _call(self):
+        """``(y, state)``: the layer's, or a cell's ``(h', state')``."""
+        result = self.module(self.x, self.state)
+        if self.single_step:
+            return _first_state(result), result
+        return result
+
     def forward(self):
         """``module(x, state)``: returns ``(y, state)``."""
-        result = self.module(self.x, self.state)
+        result = self._call()
         self._synchronize()
         return result
 
     def forward_no_grad(self):
         """``module(x, state)`` under ``torch.no_grad()``: returns ``(y, state)``."""
         with self._no_grad():
-            result = self.module(self.x, self.state)
+            result = self._call()
         self._synchronize()
         return result
 
@@ -189,7 +261,7 @@ class TorchWorkload:
         """
         for leaf in self._leaves:
             leaf.grad = None
-        y, _ = self.module(self.x, self.state)
+        y, _ = self._call()
         y.backward(self.dy)
         self._synchronize()
         return self.x.grad
@@ -198,8 +270,9 @@ class TorchWorkload:
         """Sums of ``|y|``, ``|dx|`` and ``|dW_hh|`` (see :class:`RnnkernWorkload`)."""
         y, _ = self.forward()
         dx = self.forward_backward()
+        weight_hh = self.module.weight_hh if self.single_step else self.module.weight_hh_l0
         return {"y": _absolute_sum(y), "dx": _absolute_sum(dx),
-                "dweight_hh": _absolute_sum(self.module.weight_hh_l0.grad)}
+                "dweight_hh": _absolute_sum(weight_hh.grad)}
 
 
 class ReferenceWorkload:
