@@ -21,11 +21,11 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 from copied_kernels.drivers import CellRows, forward_sequence
 T, B, H = 2, 1, 3
-gx = np.full((T, B, H), 0.5)
 state = (np.zeros((B, H)),)
 y = np.empty((T, B, H))
 no_projection = np.empty((0, 0))
-forward_sequence(CellRows("elman.tanh"), (0, 0, 0), gx, np.zeros((H, H)), np.zeros(H),
+forward_sequence(CellRows("elman.tanh"), (0, 0, 0), np.ones((T, B, 1)), np.full((H, 1), 0.5),
+                 np.zeros(H), np.empty((T, B, H)), np.zeros((H, H)), np.zeros(H),
                  np.full(B, T, np.int32), False, True, state, y, (np.empty((T, B, H)),),
                  (np.empty((T, B, H)),), np.empty((B, H)), no_projection, state, y, no_projection)
 print(json.dumps({"y": float(y[0, 0, 0]),

@@ -119,16 +119,22 @@ def _backward_row_overload(rows, t, b, dy, carry, saved, history, dgx, dgh):
 
 
 @nb.njit(**JIT)
-def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, keep, state, y, history,
-                     saved, gh, w_hr_t, cell_state, cell_y, projected):
+def forward_sequence(rows, blas, x, w_ih, b_ih, gx, w_hh_t, b_hh, lengths, reverse, keep, state,
+                     y, history, saved, gh, w_hr_t, cell_state, cell_y, projected):
     """Run one layer-direction forward over all T steps.
+
+    First ``gx = x W_ih^T + b_ih`` for every step (one GEMM over all T*B rows),
+    then the time loop.
 
     Parameters (outputs after the inputs they pair with)
     ----------
     rows : CellRows          the cell's rows
     blas : (int, int)        the GEMM to call (see gemm.gemm)
-    gx : (T, B, G*H)         x @ W_ih^T + b_ih for every step
-    w_hh_t : (P, G*H)        W_hh transposed, C-contiguous (P = H without a projection)
+    x : (T, B, I)            C-contiguous
+    w_ih : (G*H, I), b_ih : (G*H,)
+    gx : (T, B, G*H)         workspace, C-contiguous: x @ W_ih^T + b_ih for every step
+    w_hh_t : (P, G*H)        W_hh transposed: a C-contiguous copy, or the view W_hh.T
+                             (P = H without a projection)
     b_hh : (G*H,)
     lengths : (B,) int       row b is active at time t iff t < lengths[b]
     reverse : bool           t = T-1 ... 0
@@ -141,7 +147,8 @@ def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, keep, state
                              inactive; S = T with ``keep``, else S = 1: a
                              scratch slot the rows rewrite every step
     gh : (B, G*H)            workspace
-    w_hr_t : (H, P)          the projection W_hr transposed (LSTM proj_size), or (0, 0)
+    w_hr_t : (H, P)          the projection W_hr transposed, copied or viewed as w_hh_t
+                             (LSTM proj_size), or (0, 0)
     cell_state, cell_y       what the rows update and write: ``state`` and ``y``
                              themselves without a projection; with one, the
                              unprojected m_t = o tanh(c_t): cell_state = (m (B, H),
@@ -151,7 +158,11 @@ def forward_sequence(rows, blas, gx, w_hh_t, b_hh, lengths, reverse, keep, state
     With a projection each step ends with ``h_t = m_t W_hr^T`` (one GEMM),
     and ``y_t = h_t`` where the row is active.
     """
-    T, B = gx.shape[0], gx.shape[1]
+    T, B, I = x.shape
+    gx_rows = gx.reshape(T * B, gx.shape[2])
+    gemm(blas, x.reshape(T * B, I), w_ih.T, gx_rows)
+    for r in range(T * B):
+        gx_rows[r] += b_ih
     h = state[0]
     projecting = w_hr_t.shape[0] > 0
     for s in range(T):

