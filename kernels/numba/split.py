@@ -154,7 +154,7 @@ def forward_worker(rows, worker, workers, x, w_ih, b_ih, w_hh, b_hh, lengths, re
             for k in range(len(state)):
                 for b in range(B):
                     history[k][t, b, j0:j1] = cell_state[k][b]
-        panel_product(h_prev, w_hh_panels, gh)
+        panel_product(h_prev, w_hh_panels, gh, s % 2 == 1)     # L2 reuse: tiles.py
         for b in range(B):
             if t < lengths[b]:
                 gx_b = gx[t - first, b]
@@ -243,7 +243,7 @@ def backward_worker(rows, worker, workers, blas, x, dy, w_ih, w_hh, lengths, rev
                     _zero_blocks(dgh[t, b], H, j0, U)
         if workers > 1 and not wait_for_step(barrier, workers, s, yield_address):
             return False
-        panel_product(dgh[t], w_panels, dh_recurrent)
+        panel_product(dgh[t], w_panels, dh_recurrent, s % 2 == 1)
         dh = cell_carry[0]
         for b in range(B):                      # dh_{t-1} = direct part + dgh_t W_hh
             for u in range(U):

@@ -179,7 +179,7 @@ def _tile(typingctx, a, row0, rows, panels, panel, group, out):
 
 
 @nb.njit(**INLINE)
-def panel_product(a, panels, out):
+def panel_product(a, panels, out, descending=False):
     """``out[:, :P*NR] = a @ W^T``, W's rows packed into ``panels`` (P, K, NR) as the
     columns of W^T (:func:`pack_gate_rows`, :func:`pack_columns`).
 
@@ -187,15 +187,27 @@ def panel_product(a, panels, out):
     ``out`` past W's rows get the zero padding's zeros.  Full tiles of MR rows
     go panel by panel (a panel stays in L1 across the row tiles); the last
     ``B % MR`` rows then take several panels a tile (``panels_at_once``).
+
+    ``descending``: the panels from the last to the first.  A loop of products
+    over panels that do not all fit in L2 (a worker's W_hh slice at batch 1 is
+    its reads) alternates the order step by step: the panels read last are
+    still in L2 and are read first (with LRU eviction a sweep in one order
+    would find none of them).  Measured, Zen 3 (512 KiB L2), one thread,
+    float32, K = 256, 512 columns (512 KiB of panels), batch 1: 7.55 -> 7.05 us
+    a product.  The order does not change a result: every output element is
+    one FMA chain over k in order.
     """
     B, P = a.shape[0], panels.shape[0]
     full = B - B % MR
-    for p in range(P):
+    for q in range(P):
+        p = P - 1 - q if descending else q
         for b in range(0, full, MR):
             _tile(a, b, MR, panels, p, 1, out)
     if full < B:
         group = panels_at_once(B - full)
-        for p in range(0, P, group):
+        groups = -(-P // group)
+        for i in range(groups):
+            p = (groups - 1 - i if descending else i) * group
             _tile(a, full, B - full, panels, p, min(group, P - p), out)
 
 
