@@ -409,7 +409,7 @@ def test_forcing_is_visible_and_scoped():
         assert planner.path_choice() == "general"
         layer(x)
         plan = planner.recent_paths()["gru float32 B=3 H=10 inference"]
-        assert plan.describe() == "general (forced)"
+        assert plan.describe() == "general, on W_hh^T as a view (forced)"   # T = 2
         with planner.use_path("split", workers=1):
             layer(x)
             plan = planner.recent_paths()["gru float32 B=3 H=10 inference"]

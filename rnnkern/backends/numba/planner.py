@@ -71,7 +71,7 @@ PATHS = ("auto", "split", "general")
 SPLIT_MIN_STEP_FLOPS = 200_000
 #: ... or whose ``W_hh`` has at least this many bytes: at small batch a step reads
 #: all of W_hh for few FLOPs, and two workers each read half.  Measured on the
-#: 2-core Zen 3 VM (AVX2, 1 MiB L2 a core; float32, T = 100, each call after a
+#: 2-core Zen 3 VM (AVX2, 512 KiB L2 a core; float32, T = 100, each call after a
 #: gc.collect() as the bench times it; inference / forward+backward ms, general vs
 #: split): RNN H=256 B=1 (W_hh 256 KiB, 131k FLOPs) 1.62/3.17 vs 1.27/2.96, LSTM
 #: H=128 B=1 (256 KiB) 1.70/3.60 vs 1.50/3.27; GRU H=128 B=1 (192 KiB) 1.65/3.15 vs
@@ -130,7 +130,8 @@ class Plan:
     def describe(self) -> str:
         if self.path == "split":
             return f"split, {self.workers} worker(s) ({self.reason})"
-        return f"general ({self.reason})"
+        weights = "a copy of W_hh^T" if self.transposed_weights else "W_hh^T as a view"
+        return f"general, on {weights} ({self.reason})"
 
 
 _SETTING = PathSetting(PATHS, _ENVIRONMENT)
@@ -246,7 +247,8 @@ _THREAD_STATS = _ThreadStats()
 
 def policy() -> str:
     """What ``auto`` does on this machine, in words (for ``rnnkern.show_config``)."""
-    return (f"split driver ({MAX_WORKERS} workers, W split by hidden units) where a step's "
+    return (f"split driver ({MAX_WORKERS} workers, W split by hidden units) where the sequence "
+            f"has at least {SPLIT_MIN_STEPS} steps and a step's "
             f"product is at least {SPLIT_MIN_STEP_FLOPS} FLOPs or W_hh at least "
             f"{SPLIT_MIN_WEIGHT_BYTES // 1024} KiB, on {usable_cores()} usable "
             "core(s), and no other thread of this process is running (a spinning BLAS pool), "
