@@ -67,8 +67,22 @@ def backend_name(xp) -> str:
     ``"numba"`` for NumPy, ``"cuda"`` for CuPy, ``"generic"`` for any other
     array-API library.
     """
+    try:
+        return _BACKEND_NAMES[xp]
+    except (KeyError, TypeError):           # not seen yet, or not hashable
+        pass
     if array_api_compat.is_numpy_namespace(xp):
-        return "numba"
-    if array_api_compat.is_cupy_namespace(xp):
-        return "cuda"
-    return "generic"
+        name = "numba"
+    elif array_api_compat.is_cupy_namespace(xp):
+        name = "cuda"
+    else:
+        name = "generic"
+    try:
+        _BACKEND_NAMES[xp] = name
+    except TypeError:
+        pass
+    return name
+
+
+#: namespace -> backend name: namespaces are modules, few and long-lived; every call asks.
+_BACKEND_NAMES = {}

@@ -91,10 +91,13 @@ def check_array(name, a, ndim, dtype, shape=None):
     got = dtype_name(a.dtype)
     if got != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the layer's dtype), got {describe(a)}")
-    if shape is not None and any(e is not None and e != s for e, s in zip(shape, a.shape)):
-        want = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
-        raise ValueError(f"{name}: expected shape {want}, got {describe(a)}")
-    if any(s == 0 for s in a.shape):
+    sizes = tuple(a.shape)
+    if shape is not None:
+        for expected, size in zip(shape, sizes):
+            if expected is not None and expected != size:
+                want = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
+                raise ValueError(f"{name}: expected shape {want}, got {describe(a)}")
+    if 0 in sizes:
         raise ValueError(f"{name}: expected no empty axis, got {describe(a)}")
 
 

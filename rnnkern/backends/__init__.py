@@ -88,4 +88,11 @@ def weight_gradients(xp, matmul, x_rows, h_prev_rows, dgx_rows, dgh_rows, w_ih):
 
 def backend_for(xp):
     """Return the backend module that runs arrays of namespace ``xp``."""
-    return importlib.import_module(f"{__name__}.{backend_name(xp)}")
+    name = backend_name(xp)
+    module = _BACKENDS.get(name)
+    if module is None:                      # imported on first use (CuPy only with CuPy arrays)
+        module = _BACKENDS[name] = importlib.import_module(f"{__name__}.{name}")
+    return module
+
+
+_BACKENDS = {}

@@ -44,7 +44,8 @@ class PathSetting:
         """The path asked for now."""
         if self._forced is not None:
             return self._forced[0]
-        return self.checked(os.environ.get(self.environment, "auto"), f"${self.environment}")
+        value = os.environ.get(self.environment, "auto")
+        return value if value in self.paths else self.checked(value, f"${self.environment}")
 
     def forced_options(self) -> dict:
         """The options given with the path forced now (empty if none is)."""

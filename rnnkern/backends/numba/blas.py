@@ -99,13 +99,13 @@ def gemm_function(dtype) -> tuple:
     Both come from the same library; ``ilp64`` is 1 where their sizes are
     64-bit integers.  ``(0, 0, 0)`` means ``np.dot``.
     """
-    import numpy as np
-
-    from ...validation import dtype_name
-
     name = blas_name()
     found = _BY_DTYPE.get((name, dtype))
     if found is None:
+        import numpy as np
+
+        from ...validation import dtype_name
+
         letter = {"float32": "s", "float64": "d"}[dtype_name(np.dtype(dtype))]
         found = _BY_DTYPE[(name, dtype)] = _addresses(name, letter)
     return found

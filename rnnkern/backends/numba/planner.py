@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import threading
 
@@ -306,27 +307,46 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     return plan
 
 
-def _plan(cell, dtype, batch, hidden, projected, steps, choice, workers, cores, others_running):
-    # The cheap rules come first: a short sequence's whole call may take ~100 us.
-    transposed = batch > 1 and (steps is None or steps >= TRANSPOSE_MIN_STEPS)
+def _thresholds():
+    """The module's thresholds, read at each plan (tests and users may change them)."""
+    return (SPLIT_MIN_STEP_FLOPS, SPLIT_MIN_WEIGHT_BYTES, SPLIT_MIN_STEPS, TRANSPOSE_MIN_STEPS)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_from_shapes(num_gates, dtype, batch, hidden, projected, steps, choice, thresholds):
+    """The plans that follow from the shapes alone, or None (memoized: every layer call plans,
+    and a short sequence's whole call may take ~100 us)."""
+    min_flops, min_weight_bytes, min_steps, transpose_min_steps = thresholds
+    transposed = batch > 1 and (steps is None or steps >= transpose_min_steps)
     if choice == "general":
         return Plan("general", "forced", transposed_weights=transposed)
-    step_flops = 2 * batch * cell.num_gates * hidden * hidden
-    weight_bytes = cell.num_gates * hidden * hidden * dtype.itemsize
-    if (choice == "auto" and not projected and step_flops < SPLIT_MIN_STEP_FLOPS
-            and weight_bytes < SPLIT_MIN_WEIGHT_BYTES):
+    step_flops = 2 * batch * num_gates * hidden * hidden
+    weight_bytes = num_gates * hidden * hidden * dtype.itemsize
+    if (choice == "auto" and not projected and step_flops < min_flops
+            and weight_bytes < min_weight_bytes):
         # Products this small gain nothing from BLAS threads, and a woken BLAS pool
         # would spin on the core the next split layer's second worker needs.
         return Plan("general", f"a step's product of {step_flops} FLOPs, W_hh of "
-                               f"{weight_bytes // 1024} KiB: under {SPLIT_MIN_STEP_FLOPS} FLOPs "
-                               f"and {SPLIT_MIN_WEIGHT_BYTES // 1024} KiB, too small for a split "
+                               f"{weight_bytes // 1024} KiB: under {min_flops} FLOPs "
+                               f"and {min_weight_bytes // 1024} KiB, too small for a split "
                                "to pay; one BLAS thread", one_blas_thread=True,
                     transposed_weights=transposed)
-    if choice == "auto" and not projected and steps is not None and steps < SPLIT_MIN_STEPS:
+    if choice == "auto" and not projected and steps is not None and steps < min_steps:
         # The general driver's BLAS threads may wake here; a split layer that follows
         # sees them running and takes the general driver too (other_threads_running).
-        return Plan("general", f"{steps} step(s): under {SPLIT_MIN_STEPS}, too few to pay for "
+        return Plan("general", f"{steps} step(s): under {min_steps}, too few to pay for "
                                "packing the weights", transposed_weights=transposed)
+    return None
+
+
+def _plan(cell, dtype, batch, hidden, projected, steps, choice, workers, cores, others_running):
+    plan = _plan_from_shapes(cell.num_gates, dtype, batch, hidden, projected, steps, choice,
+                             _thresholds())
+    if plan is not None:
+        return plan
+    transposed = batch > 1 and (steps is None or steps >= TRANSPOSE_MIN_STEPS)
+    step_flops = 2 * batch * cell.num_gates * hidden * hidden
+    weight_bytes = cell.num_gates * hidden * hidden * dtype.itemsize
     cores = usable_cores() if cores is None else cores
     if workers is None:
         workers = min(MAX_WORKERS, cores)
