@@ -156,6 +156,7 @@ class _SingleStepLayer:
 
     def __init__(self, step):
         self.step = step
+        self._zeros = None                      # the other states' zero gradient, made once
 
     def __call__(self, x):
         state = self.step(x)
@@ -167,7 +168,9 @@ class _SingleStepLayer:
 
     def backward(self, dy, tape):
         others = self.step.cell.num_states - 1          # c of the LSTMCell: no gradient
-        dstate = (dy,) + (dy * 0,) * others if others else dy
+        if others and (self._zeros is None or self._zeros.shape != dy.shape):
+            self._zeros = dy * 0
+        dstate = (dy,) + (self._zeros,) * others if others else dy
         dx, dstate0, grads = self.step.backward(dstate, tape)
         return dx, dstate0, _layer_suffixed(grads)
 
