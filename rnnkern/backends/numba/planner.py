@@ -35,9 +35,9 @@ worker up to ``ONE_WORKER_MAX_BATCH`` rows, the general driver above.
 
 The general driver's per-step product ``h W_hh^T`` runs on a C-contiguous
 copy of ``W_hh^T`` (``Plan.transposed_weights``) where a sequence is long
-enough to pay for the copy: OpenBLAS multiplies by it (NN) faster than by
-the transposed view (NT) at batch 2 and up; at batch 1 the product is a GEMV
-either way, and the copy is pure cost.
+enough to pay for the copy: on some machines OpenBLAS multiplies by it (NN)
+much faster than by the transposed view (NT) at batch 2 and up; at batch 1
+the product is a GEMV either way, and the copy is pure cost.
 
 The choice can be forced (``use_path``, or ``$RNNKERN_CPU_PATH`` for batch
 jobs and benchmarks), and every plan taken is recorded for
@@ -58,8 +58,9 @@ from ...validation import dtype_name
 from ..paths import PathSetting, PlanLog
 
 __all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "SPLIT_MIN_WEIGHT_BYTES", "SPLIT_MIN_STEPS",
-           "TRANSPOSE_MIN_STEPS", "MAX_WORKERS", "ONE_WORKER_MAX_BATCH", "Plan", "use_path", "path_choice",
-           "usable_cores", "other_threads_running", "policy", "plan_direction", "recent_paths"]
+           "TRANSPOSE_MIN_STEPS", "MAX_WORKERS", "ONE_WORKER_MAX_BATCH", "Plan", "use_path",
+           "path_choice", "usable_cores", "other_threads_running", "policy", "plan_direction",
+           "recent_paths"]
 
 #: What ``use_path`` and ``$RNNKERN_CPU_PATH`` accept.
 PATHS = ("auto", "split", "general")
