@@ -320,6 +320,30 @@ def test_another_running_thread_sends_auto_to_the_general_path():
     assert (forced.path, forced.workers) == ("split", 2)      # forcing is not second-guessed
 
 
+def test_the_blas_runs_on_one_thread_while_the_cores_are_held_and_after_as_before():
+    """``_cores_held`` puts the BLAS pools (those loaded at the first call) on one thread
+    for the call and gives each its own count back afterwards, also when the call raises;
+    a nested call holds nothing."""
+    from threadpoolctl import threadpool_limits
+
+    def counts():
+        return [pool.get_num_threads() for pool in numba_backend._blas_pools()]
+
+    with threadpool_limits(2, user_api="blas"):
+        before = counts()
+        with numba_backend._cores_held() as held:
+            assert held and counts() == [1] * len(before)
+            with numba_backend._cores_held() as nested:
+                assert not nested                   # another call holds them: one worker
+        assert counts() == before
+        with pytest.raises(RuntimeError, match="inside"):
+            with numba_backend._cores_held():
+                raise RuntimeError("inside")
+        assert counts() == before
+        with numba_backend._cores_held(limit_blas=False):
+            assert counts() == before
+
+
 def test_a_spinning_blas_pool_is_seen_and_the_helper_is_not():
     """After a multi-threaded NumPy matmul the BLAS pool's threads spin for a while (when
     the BLAS has more than one thread here); the split path's own helper never counts."""

@@ -200,10 +200,29 @@ def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history,
 
 @functools.cache
 def _blas_pools():
-    """threadpoolctl's handle on the BLAS pools of this process (found once)."""
+    """threadpoolctl's controllers of the BLAS pools of this process (found once)."""
     from threadpoolctl import ThreadpoolController
 
-    return ThreadpoolController().select(user_api="blas")
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """The BLAS pools on one thread inside the block, their thread counts restored after.
+
+    threadpoolctl's own ``limit()`` context does the same in ~22 us a call
+    (it re-reads and re-selects the libraries); the controllers' get/set,
+    called directly, take ~7 us: a small layer's whole call can be ~100 us.
+    """
+    pools = _blas_pools()
+    previous = [pool.get_num_threads() for pool in pools]
+    for pool in pools:
+        pool.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for pool, threads in zip(pools, previous):
+            pool.set_num_threads(threads)
 
 
 class _Helper:
@@ -303,19 +322,17 @@ def _cores_held(limit_blas=True):
     BLAS on one thread.
 
     Yields False (holding nothing) when another call of this process holds
-    them.  The BLAS limit (threadpoolctl, process-wide for the call's
-    duration, ~6 us for the pair) is set by one call at a time, so limits
-    never interleave: each split worker calls the BLAS from its own core, and
-    a multi-threaded call would wake the BLAS pool, whose threads keep
-    spinning after it returns (OpenBLAS: ~2^28 cycles) on the core the other
-    worker needs (measured: lockstep steps 3-10x slower).  A call that makes
-    no BLAS call (the split forward) skips the limit: threadpoolctl's set and
-    reset cost ~30 us, a tenth of a batch-1 call at T = 1.
+    them.  The BLAS limit (:func:`_one_blas_thread`, process-wide for the
+    call's duration) is set by one call at a time, so limits never
+    interleave: each split worker calls the BLAS from its own core, and a
+    multi-threaded call would wake the BLAS pool, whose threads keep spinning
+    after it returns (OpenBLAS: ~2^28 cycles) on the core the other worker
+    needs (measured: lockstep steps 3-10x slower).  A call that makes no BLAS
+    call (the split forward) skips the limit (~7 us).
     """
     held = _HELPER.pair.acquire(blocking=False)
     try:
-        with (_blas_pools().limit(limits=1) if held and limit_blas
-              else contextlib.nullcontext()):
+        with _one_blas_thread() if held and limit_blas else contextlib.nullcontext():
             yield held
     finally:
         if held:
