@@ -314,7 +314,8 @@ def _peak_memory(request):
     touches for the first time (outputs, the tape, gradients, scratch), for
     any library and any allocator.  A warm-up forward+backward of the same
     layer shape at T = 2 comes first (a GEMM, not a GEMV: OpenBLAS allocates its
-    buffers at its first GEMM), so compilation, the plan and the thread
+    buffers at its first GEMM; rnnkern's on both CPU drivers, since T = 2 alone
+    would plan the general one), so compilation, the plan and the thread
     pools are not counted; what a library keeps between calls and sized
     there (rnnkern's packed weights, torch's primitive caches) is not counted
     either.  Host memory only: ``device`` must be ``cpu``.
@@ -329,8 +330,16 @@ def _peak_memory(request):
         return {"unavailable": reason}
     shape = BenchShape(*request["shape"])
     warm_shape = dataclasses.replace(shape, T=min(2, shape.T))
-    _workload(library, request["cell"], warm_shape, dtype, "cpu", request["seed"],
-              request["threads"]).forward_backward()
+    warm_up = _workload(library, request["cell"], warm_shape, dtype, "cpu", request["seed"],
+                        request["threads"])
+    if library == "rnnkern":      # both CPU drivers: the plan depends on T (a short one is general)
+        from ..backends.numba import planner
+
+        for path in ("split", "general"):
+            with planner.use_path(path):
+                warm_up.forward_backward()
+    else:
+        warm_up.forward_backward()
     workload = _workload(library, request["cell"], shape, dtype, "cpu", request["seed"],
                          request["threads"])
     gc.collect()
