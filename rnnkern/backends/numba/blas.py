@@ -115,10 +115,9 @@ def gemm_function(dtype) -> tuple:
 _BY_DTYPE = {}
 
 
-@functools.lru_cache(maxsize=None)
 def _addresses(name, letter):
-    """:func:`gemm_function` for one library and type letter, looked up once (ctypes casts
-    cost ~15 us a call, and every layer call asks)."""
+    """:func:`gemm_function` for one library and type letter (ctypes casts cost ~15 us a
+    call: looked up once per library and dtype, in ``_BY_DTYPE``)."""
     if name == "mkl":
         handle, pattern, ilp64 = _mkl(), "cblas_{}", False
     elif name == "numpy":

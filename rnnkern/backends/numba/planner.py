@@ -308,6 +308,21 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     return plan
 
 
+def _step_size(num_gates, dtype, batch, hidden):
+    """(FLOPs of a step's product ``2 B G H^2``, bytes of ``W_hh``)."""
+    return 2 * batch * num_gates * hidden * hidden, num_gates * hidden * hidden * dtype.itemsize
+
+
+def _described(step_flops, weight_bytes):
+    return f"a step's product of {step_flops} FLOPs, W_hh of {weight_bytes // 1024} KiB"
+
+
+def _copies_w_hh_t(batch, steps, transpose_min_steps):
+    """Whether the general driver multiplies by a copy of W_hh^T (``Plan.transposed_weights``):
+    batch 2 and up (at batch 1 a GEMV either way), a long sequence (None: long)."""
+    return batch > 1 and (steps is None or steps >= transpose_min_steps)
+
+
 def _thresholds():
     """The module's thresholds, read at each plan (tests and users may change them)."""
     return (SPLIT_MIN_STEP_FLOPS, SPLIT_MIN_WEIGHT_BYTES, SPLIT_MIN_STEPS, TRANSPOSE_MIN_STEPS)
@@ -318,19 +333,17 @@ def _plan_from_shapes(num_gates, dtype, batch, hidden, projected, steps, choice,
     """The plans that follow from the shapes alone, or None (memoized: every layer call plans,
     and a short sequence's whole call may take ~100 us)."""
     min_flops, min_weight_bytes, min_steps, transpose_min_steps = thresholds
-    transposed = batch > 1 and (steps is None or steps >= transpose_min_steps)
+    transposed = _copies_w_hh_t(batch, steps, transpose_min_steps)
     if choice == "general":
         return Plan("general", "forced", transposed_weights=transposed)
-    step_flops = 2 * batch * num_gates * hidden * hidden
-    weight_bytes = num_gates * hidden * hidden * dtype.itemsize
+    step_flops, weight_bytes = _step_size(num_gates, dtype, batch, hidden)
     if (choice == "auto" and not projected and step_flops < min_flops
             and weight_bytes < min_weight_bytes):
         # Products this small gain nothing from BLAS threads, and a woken BLAS pool
         # would spin on the core the next split layer's second worker needs.
-        return Plan("general", f"a step's product of {step_flops} FLOPs, W_hh of "
-                               f"{weight_bytes // 1024} KiB: under {min_flops} FLOPs "
-                               f"and {min_weight_bytes // 1024} KiB, too small for a split "
-                               "to pay; one BLAS thread", one_blas_thread=True,
+        return Plan("general", f"{_described(step_flops, weight_bytes)}: under "
+                               f"{min_flops} FLOPs and {min_weight_bytes // 1024} KiB, too "
+                               "small for a split to pay; one BLAS thread", one_blas_thread=True,
                     transposed_weights=transposed)
     if choice == "auto" and not projected and steps is not None and steps < min_steps:
         # The general driver's BLAS threads may wake here; a split layer that follows
@@ -345,14 +358,12 @@ def _plan(cell, dtype, batch, hidden, projected, steps, choice, workers, cores, 
                              _thresholds())
     if plan is not None:
         return plan
-    transposed = batch > 1 and (steps is None or steps >= TRANSPOSE_MIN_STEPS)
-    step_flops = 2 * batch * cell.num_gates * hidden * hidden
-    weight_bytes = cell.num_gates * hidden * hidden * dtype.itemsize
+    transposed = _copies_w_hh_t(batch, steps, TRANSPOSE_MIN_STEPS)
     cores = usable_cores() if cores is None else cores
     if workers is None:
         workers = min(MAX_WORKERS, cores)
     workers = min(workers, hidden)
-    size = f"a step's product of {step_flops} FLOPs, W_hh of {weight_bytes // 1024} KiB"
+    size = _described(*_step_size(cell.num_gates, dtype, batch, hidden))
     if projected:
         why_not = "proj_size: the projection needs all of m_t between steps"
     elif choice == "split":
