@@ -25,9 +25,10 @@ state = (np.zeros((B, H)),)
 y = np.empty((T, B, H))
 no_projection = np.empty((0, 0))
 forward_sequence(CellRows("elman.tanh"), (0, 0, 0), np.ones((T, B, 1)), np.full((H, 1), 0.5),
-                 np.zeros(H), np.empty((T, B, H)), np.zeros((H, H)), np.zeros(H),
+                 np.zeros(H), np.empty((T, B, H)), np.zeros((H, H)), no_projection, np.zeros(H),
                  np.full(B, T, np.int32), False, True, state, y, (np.empty((T, B, H)),),
-                 (np.empty((T, B, H)),), np.empty((B, H)), no_projection, state, y, no_projection)
+                 (np.empty((T, B, H)),), np.empty((B, H)), no_projection, no_projection, state, y,
+                 no_projection)
 print(json.dumps({"y": float(y[0, 0, 0]),
                   "hits": sum(forward_sequence.stats.cache_hits.values())}))
 """

@@ -119,8 +119,8 @@ def _backward_row_overload(rows, t, b, dy, carry, saved, history, dgx, dgh):
 
 
 @nb.njit(**JIT)
-def forward_sequence(rows, blas, x, w_ih, b_ih, gx, w_hh_t, b_hh, lengths, reverse, keep, state,
-                     y, history, saved, gh, w_hr_t, cell_state, cell_y, projected):
+def forward_sequence(rows, blas, x, w_ih, b_ih, gx, w_hh, w_hh_t, b_hh, lengths, reverse, keep,
+                     state, y, history, saved, gh, w_hr, w_hr_t, cell_state, cell_y, projected):
     """Run one layer-direction forward over all T steps.
 
     First ``gx = x W_ih^T + b_ih`` for every step (one GEMM over all T*B rows),
@@ -133,8 +133,10 @@ def forward_sequence(rows, blas, x, w_ih, b_ih, gx, w_hh_t, b_hh, lengths, rever
     x : (T, B, I)            C-contiguous
     w_ih : (G*H, I), b_ih : (G*H,)
     gx : (T, B, G*H)         workspace, C-contiguous: x @ W_ih^T + b_ih for every step
-    w_hh_t : (P, G*H)        W_hh transposed: a C-contiguous copy, or the view W_hh.T
-                             (P = H without a projection)
+    w_hh : (G*H, P)          C-contiguous (P = H without a projection)
+    w_hh_t : (P, G*H)        a C-contiguous copy of W_hh^T for NN products, or (0, 0):
+                             then the products take the view W_hh.T (NT).  Either
+                             way the same argument types, so one compiled driver.
     b_hh : (G*H,)
     lengths : (B,) int       row b is active at time t iff t < lengths[b]
     reverse : bool           t = T-1 ... 0
@@ -147,8 +149,8 @@ def forward_sequence(rows, blas, x, w_ih, b_ih, gx, w_hh_t, b_hh, lengths, rever
                              inactive; S = T with ``keep``, else S = 1: a
                              scratch slot the rows rewrite every step
     gh : (B, G*H)            workspace
-    w_hr_t : (H, P)          the projection W_hr transposed, copied or viewed as w_hh_t
-                             (LSTM proj_size), or (0, 0)
+    w_hr : (P, H)            the projection (LSTM proj_size), C-contiguous, or (0, 0)
+    w_hr_t : (H, P)          a copy of W_hr^T, or (0, 0) (as w_hh_t)
     cell_state, cell_y       what the rows update and write: ``state`` and ``y``
                              themselves without a projection; with one, the
                              unprojected m_t = o tanh(c_t): cell_state = (m (B, H),
@@ -164,7 +166,7 @@ def forward_sequence(rows, blas, x, w_ih, b_ih, gx, w_hh_t, b_hh, lengths, rever
     for r in range(T * B):
         gx_rows[r] += b_ih
     h = state[0]
-    projecting = w_hr_t.shape[0] > 0
+    projecting = w_hr.shape[0] > 0
     for s in range(T):
         t = T - 1 - s if reverse else s
         ts = t if keep else 0                   # the slot of saved (and of m_t)
@@ -172,7 +174,10 @@ def forward_sequence(rows, blas, x, w_ih, b_ih, gx, w_hh_t, b_hh, lengths, rever
         if keep:
             for k in range(len(state)):
                 history[k][t] = state[k]
-        gemm(blas, h, w_hh_t, gh)                # gh = h_{t-1} W_hh^T
+        if w_hh_t.shape[0] > 0:                  # gh = h_{t-1} W_hh^T
+            gemm(blas, h, w_hh_t, gh)
+        else:
+            gemm(blas, h, w_hh.T, gh)
         for b in range(B):
             if t < lengths[b]:
                 forward_row(rows, t, ty, ts, b, gx, gh, b_hh, cell_state, cell_y, saved)
@@ -182,7 +187,10 @@ def forward_sequence(rows, blas, x, w_ih, b_ih, gx, w_hh_t, b_hh, lengths, rever
                     for k in range(len(saved)):
                         saved[k][t, b] = 0
         if projecting:
-            gemm(blas, cell_state[0], w_hr_t, projected)     # h_t = m_t W_hr^T
+            if w_hr_t.shape[0] > 0:              # h_t = m_t W_hr^T
+                gemm(blas, cell_state[0], w_hr_t, projected)
+            else:
+                gemm(blas, cell_state[0], w_hr.T, projected)
             for b in range(B):
                 if t < lengths[b]:
                     h[b] = projected[b]

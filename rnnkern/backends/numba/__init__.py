@@ -169,7 +169,8 @@ def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history,
     a projection).
 
     ``transposed_weights``: the step products multiply by C-contiguous copies of
-    ``W_hh^T`` and ``W_hr^T`` (see the planner), else by the transposed views.
+    ``W_hh^T`` and ``W_hr^T`` (see the planner), else by the transposed views (the
+    driver's argument types are the same either way: one compiled driver).
     """
     w_hh, w_hr = params["weight_hh"], params.get("weight_hr")
     T, B, _ = x.shape
@@ -178,24 +179,26 @@ def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history,
     dtype = x.dtype
     S = T if keep else 1
 
-    def transposed(w, role):
-        if transposed_weights:
-            return _transposed_copy(w, scratch, role)
-        return np.ascontiguousarray(w).T        # NT products on the view
+    def weights(w, role):
+        """``w`` C-contiguous, and its transposed copy or the (0, 0) stand-in (the driver
+        then multiplies by ``w.T``)."""
+        w = np.ascontiguousarray(w)
+        return w, (_transposed_copy(w, scratch, role) if transposed_weights
+                   else _NONE_2D[dtype])
 
     if w_hr is None:
-        projection = (_NONE_2D[dtype], state, y, _NONE_2D[dtype])
+        projection = (_NONE_2D[dtype], _NONE_2D[dtype], state, y, _NONE_2D[dtype])
     else:                        # the rows write m_t = o tanh(c_t); the driver projects it
         m = np.zeros((B, H), dtype)
-        projection = (transposed(w_hr, "w_hr_t"), (m,) + state[1:],
-                      kept("m", (S, B, H)), scratch("projected", (B, P)))
+        projection = weights(w_hr, "w_hr_t") + ((m,) + state[1:], kept("m", (S, B, H)),
+                                                 scratch("projected", (B, P)))
     drivers.forward_sequence(
         drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), np.ascontiguousarray(x),
         np.ascontiguousarray(params["weight_ih"]), np.ascontiguousarray(params["bias_ih"]),
-        scratch("gx", (T, B, GH)), transposed(w_hh, "w_hh_t"),
+        scratch("gx", (T, B, GH)), *weights(w_hh, "w_hh_t"),
         np.ascontiguousarray(params["bias_hh"]),
         lengths, reverse, keep, state, y, history, saved, scratch("gh", (B, GH)), *projection)
-    return None if w_hr is None else projection[2]
+    return None if w_hr is None else projection[3]         # m_t of every step
 
 
 @functools.cache
