@@ -8,6 +8,8 @@ array-API library get a converted copy per namespace (the generic path).
 
 from __future__ import annotations
 
+import weakref
+
 import array_api_compat
 import numpy as np
 
@@ -16,7 +18,80 @@ from .devices import check_device, require_cupy
 from .dispatch import backend_name
 from .validation import describe
 
-__all__ = ["ParameterLayer", "check_state_dict", "to_device_array"]
+__all__ = ["ParameterLayer", "TapeParameters", "check_state_dict", "to_device_array"]
+
+
+class TapeParameters(dict):
+    """A layer's NumPy parameters as its tapes keep them: shared, not copied.
+
+    A tape must backpropagate through the values its forward ran with, even if
+    an optimizer updates the parameters in place before ``backward``.  Copying
+    them at every forward cost more than a single step's kernels (1.5 MB for an
+    ``LSTMCell(128, 256)``, ~55 us, and T copies for T steps of a cell kept for
+    backpropagation through time), so they are copied on write instead:
+
+    - while any tape holds this object, the layer's own arrays are read-only,
+      and the kernels read writable views of them taken before the lock
+      (Numba compiles a read-only array as a type of its own);
+    - ``ParameterLayer.parameters()``, the door through which optimizers reach
+      the arrays, first calls :meth:`detach`: the tapes get copies, the arrays
+      their writability back.  When the last tape is dropped, the arrays get
+      it back too (:meth:`watch`).
+
+    So an update through ``parameters()`` leaves every tape's gradients as they
+    were, and a write through an array fetched before the forward fails with
+    NumPy's read-only ValueError instead of changing them.  Not caught: a
+    writable alias made before the forward (a slice, ``torch.from_numpy``)
+    written between the forward and its ``backward``.
+
+    The mapping is name -> view; ``directions`` caches the per-direction dicts
+    built from it (``RegistryCellMixin._direction_parameters``), which the
+    backends' tapes hold, so that :meth:`detach` reaches every dict a tape
+    holds.  Arrays of other libraries are copied at the forward instead (CuPy
+    arrays have no read-only flag).
+    """
+
+    __slots__ = ("sources", "locked", "directions", "__weakref__")
+
+    def __init__(self, params):
+        # the views first: a view taken after the lock would be read-only too
+        super().__init__({name: p.view() for name, p in params.items()})
+        self.sources = tuple(params.items())
+        self.locked = [p for p in params.values() if p.flags.writeable]
+        for p in self.locked:
+            p.setflags(write=False)
+        self.directions = {}
+
+    def watch(self):
+        """A weak reference to this object that unlocks the arrays once no tape holds it.
+
+        Its owner keeps it (tapes keep their layer alive, so it outlives them);
+        dropped, it does nothing (after :meth:`detach`).
+        """
+        locked = self.locked
+        return weakref.ref(self, lambda _: _make_writable(locked))
+
+    def holds(self, params):
+        """Whether these are views of exactly the arrays ``params`` has now."""
+        return (len(params) == len(self.sources)
+                and all(params.get(name) is p for name, p in self.sources))
+
+    def detach(self):
+        """Copy every array the tapes hold, in every dict, and unlock the layer's arrays."""
+        copies = {}
+        for values in (self, *self.directions.values()):
+            for name, a in values.items():
+                if id(a) not in copies:
+                    copies[id(a)] = a.copy()
+                values[name] = copies[id(a)]
+        self.sources = ()
+        _make_writable(self.locked)
+        self.locked.clear()             # what watch()'s callback would unlock: nothing now
+
+
+def _make_writable(arrays):
+    for a in arrays:
+        a.setflags(write=True)
 
 
 class ParameterLayer:
@@ -24,6 +99,8 @@ class ParameterLayer:
 
     ``_version`` counts every change made through this API (``load_state_dict``,
     ``to``), so a tape can tell that the parameters it saw were replaced.
+    ``_shared`` is a weak reference to the :class:`TapeParameters` that the live
+    tapes of NumPy parameters share (None or dead when there is none).
     """
 
     def _init_parameters(self, params, dtype, device):
@@ -34,10 +111,16 @@ class ParameterLayer:
         self._params = {name: np.asarray(p).astype(self.dtype) for name, p in params.items()}
         self._version = 0
         self._generic_cache = None
+        self._shared = None
         self.to(device)
 
     def parameters(self):
-        """The parameter dict itself (name -> array), for optimizers."""
+        """The parameter dict itself (name -> array), for optimizers.
+
+        Its arrays may be updated in place: tapes recorded before keep the
+        values they ran with (see :class:`TapeParameters`).
+        """
+        self._detach_tapes()
         return self._params
 
     def state_dict(self):
@@ -55,25 +138,53 @@ class ParameterLayer:
         check_state_dict(self._params, state_dict)
         loaded = {name: to_device_array(state_dict[name], self.device, f"state_dict[{name!r}]")
                   for name in self._params}
+        self._detach_tapes()
         self._params = {name: value.astype(self.dtype, copy=True) for name, value in loaded.items()}
         self._version += 1
 
     def to(self, device):
         """Move the parameters to ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy); returns self."""
         if check_device(device) != self.device:
+            self._detach_tapes()
             self._params = {n: to_device_array(p, device, n) for n, p in self._params.items()}
             self.device = device
             self._version += 1
         return self
 
-    def _parameters_for(self, xp, argument="x", *, copy=False):
-        """The parameters as arrays of namespace ``xp``, or a clear TypeError.
+    def _parameters_for(self, xp, argument="x", *, for_tape=False):
+        """The parameters as arrays of namespace ``xp`` (name -> array), or a clear TypeError.
 
-        ``copy=True`` gives copies, for a tape: its gradients then stay right
-        even if an optimizer updates the parameters in place before backward.
+        ``for_tape=True``: values a tape may keep until its ``backward``, which
+        no later update through ``parameters()`` changes: the shared
+        :class:`TapeParameters` for NumPy, copies for other libraries.
         """
         params = self._parameters_in(xp, argument)
-        return {name: xp.asarray(p, copy=True) for name, p in params.items()} if copy else params
+        if self.device != "cpu" or params is not self._params:      # not NumPy's
+            if for_tape:
+                return {name: xp.asarray(p, copy=True) for name, p in params.items()}
+            return params
+        shared = self._shared() if self._shared is not None else None
+        if shared is not None and shared.holds(params):
+            return shared                   # the arrays are locked: the kernels read its views
+        if shared is not None:              # entries of the dict were replaced since
+            self._detach_tapes()
+        if not for_tape:
+            return params
+        shared = TapeParameters(params)
+        self._shared = shared.watch()
+        return shared
+
+    def _detach_tapes(self):
+        """Before the arrays may change: live tapes get copies, the arrays their writability."""
+        shared = self._shared() if self._shared is not None else None
+        self._shared = None
+        if shared is not None:
+            shared.detach()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_shared"] = None             # a weak reference; tapes are not pickled with layers
+        return state
 
     def _parameters_in(self, xp, argument):
         backend = backend_name(xp)

@@ -58,7 +58,14 @@ class RegistryCellMixin:
                 for name, shape in self._parameter_shapes().items()}
 
     def _direction_parameters(self, xp, params, suffix, like):
-        """One layer-direction's parameters by registry name; zero biases without bias."""
+        """One layer-direction's parameters by registry name; zero biases without bias.
+
+        Built once per :class:`~rnnkern.parameters.TapeParameters` (its
+        ``directions``), so that its copy on write reaches the dicts tapes hold.
+        """
+        directions = getattr(params, "directions", None)
+        if directions is not None and suffix in directions:
+            return directions[suffix]
         out = {}
         sizes = self.cell.sizes(0, self.hidden_size, self.proj_size)
         for p in self.cell.parameters:
@@ -67,6 +74,8 @@ class RegistryCellMixin:
             elif p.is_bias:        # bias=False: the kernels add a zero bias
                 out[p.name] = xp.zeros(p.shape_for(sizes), dtype=like.dtype,
                                        device=array_api_compat.device(like))
+        if directions is not None:
+            directions[suffix] = out
         return out
 
     def _state_argument_names(self, prefix, index=""):
@@ -197,9 +206,11 @@ class RecurrentLayer(RegistryCellMixin, ParameterLayer):
             semantics (zeros in ``y`` past each length, states from each
             sequence's own last element).
 
-        The tape keeps copies of the parameters it ran with, so its gradients
-        stay right even if an optimizer updates the parameters in place
-        before ``backward``.
+        The tape keeps the parameter values it ran with, so its gradients stay
+        right even if an optimizer updates ``parameters()`` in place before
+        ``backward``.  They are shared, not copied: the arrays are read-only
+        while a tape holds them and ``parameters()`` has not been called since
+        (``rnnkern.parameters.TapeParameters``).
         """
         return self._run(x, state, lengths, keep=True)
 
@@ -208,7 +219,7 @@ class RecurrentLayer(RegistryCellMixin, ParameterLayer):
         state0 = self._split_state(state, "state")
         xp = namespace_of(x, *state0, names=["x", *self._state_argument_names("state", "0")])
         backend = backend_for(xp)
-        params = self._parameters_for(xp, copy=keep)
+        params = self._parameters_for(xp, for_tape=keep)
         v.check_array("x", x, (2, 3), self.dtype, (None,) * (x.ndim - 1) + (self.input_size,))
         unbatched = x.ndim == 2
         if unbatched:
@@ -243,7 +254,8 @@ class RecurrentLayer(RegistryCellMixin, ParameterLayer):
         y = self._to_user_layout(xp, inputs, unbatched)
         state = self._state_out(xp, state_n, unbatched)
         tape = Tape(self, saved, self._version, backend=backend, y_shape=tuple(y.shape),
-                    batch=B, unbatched=unbatched, dropout_masks=masks) if keep else None
+                    batch=B, unbatched=unbatched, dropout_masks=masks,
+                    parameters=params) if keep else None       # alive while the tape is
         return y, state, tape
 
     def _dropout_mask(self, xp, like):

@@ -113,8 +113,11 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         state' : array or (array, array)
             ``h'`` (``(h', c')``), shaped as ``state``.
         tape : Tape
-            For ``backward``.  It keeps copies of the parameters it ran with,
-            so an optimizer may update them in place before ``backward``.
+            For ``backward``.  It keeps the parameter values it ran with, so
+            an optimizer may update ``parameters()`` in place before
+            ``backward``; the arrays are read-only while a tape holds them and
+            ``parameters()`` has not been called since (see
+            ``rnnkern.parameters.TapeParameters``: shared, not copied).
         """
         return self._step(x, state, keep=True)
 
@@ -124,7 +127,7 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         state = self._split_state(state, "state")
         xp = namespace_of(x, *state, names=["x", *names])
         backend = backend_for(xp)
-        params = self._parameters_for(xp, copy=keep)
+        params = self._parameters_for(xp, for_tape=keep)
         v.check_array("x", x, (1, 2), self.dtype, (None,) * (x.ndim - 1) + (self.input_size,))
         unbatched = x.ndim == 1
         batch = 1 if unbatched else x.shape[0]
@@ -134,7 +137,8 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
             self.cell, xp.reshape(x, (1, batch, self.input_size)),
             self._direction_parameters(xp, params, "", x), state, None, False, keep=keep)
         tape = Tape(self, saved, self._version, backend=backend, xp=xp, batch=batch,
-                    unbatched=unbatched, x_shape=tuple(x.shape)) if keep else None
+                    unbatched=unbatched, x_shape=tuple(x.shape),
+                    parameters=params) if keep else None       # alive while the tape is
         return self._user_state(xp, state_n, unbatched), tape
 
     # ------------------------------------------------------------------ states

@@ -130,3 +130,106 @@ def test_tape_keeps_the_parameters_it_ran_with(rng):
     np.testing.assert_array_equal(got[0], expected[0])
     for name in expected[2]:
         np.testing.assert_array_equal(got[2][name], expected[2][name])
+
+
+def test_tapes_share_the_parameters_and_lock_them_until_parameters_is_called(rng):
+    """Forwards with tapes copy no parameter (TapeParameters): the layer's arrays
+    are read-only while a tape holds them, so a write through an array fetched
+    before the forward fails instead of changing the tape's gradients;
+    ``parameters()`` gives the tapes copies first and unlocks."""
+    gru = rk.GRU(3, 4, 2, seed=0, dtype="float64", bidirectional=True)
+    x = rng.standard_normal((5, 2, 3))
+    dy = rng.standard_normal((5, 2, 8))
+    y, _, tape = gru.forward(x)
+    expected = gru.backward(dy, tape)
+    fetched = gru.parameters()["weight_hh_l1_reverse"]
+    y, _, tape = gru.forward(x)
+    assert not fetched.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        fetched += 1.0
+    np.testing.assert_array_equal(gru(x)[0], y)        # inference reads the locked arrays
+    for p in gru.parameters().values():                 # the door: copies for the tape
+        assert p.flags.writeable
+        p *= 0.5
+    got = gru.backward(dy, tape)
+    np.testing.assert_array_equal(got[0], expected[0])
+    for name in expected[2]:
+        np.testing.assert_array_equal(got[2][name], expected[2][name])
+    assert not np.array_equal(gru(x)[0], y)             # while the layer runs the new values
+
+    # A tape dropped unlocks the arrays; one detached earlier does not unlock the
+    # arrays a later tape holds.
+    _, _, first = gru.forward(x)
+    gru.parameters()
+    _, _, second = gru.forward(x)
+    del first
+    assert not fetched.flags.writeable
+    del second
+    assert fetched.flags.writeable
+
+
+def test_steps_of_a_cell_kept_for_backpropagation_share_one_parameter_set(rng):
+    """T forwards of a single-step cell, each with its tape (backpropagation
+    through time by hand), keep the parameters once, not T times."""
+    import tracemalloc
+    cell = rk.LSTMCell(64, 128, seed=0)
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    parameter_bytes = sum(p.nbytes for p in cell.parameters().values())
+    state, _ = cell.forward(x)                           # compiled, workspaces made
+    tracemalloc.start()
+    try:
+        tapes = []
+        for _ in range(20):
+            state, tape = cell.forward(x, state)
+            tapes.append(tape)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < parameter_bytes, (held, parameter_bytes)
+    dstate = tuple(np.ones_like(s) for s in state)
+    for tape in reversed(tapes):
+        _, dstate, _ = cell.backward(dstate, tape)
+    assert np.isfinite(dstate[0]).all()
+
+
+def test_layers_replaced_in_the_parameter_dict_are_what_runs(rng):
+    """An entry of ``parameters()`` replaced while a tape locks the old array:
+    the next call runs the new one."""
+    rnn = rk.RNN(3, 4, seed=0, dtype="float64")
+    x = rng.standard_normal((5, 2, 3))
+    params = rnn.parameters()
+    _, _, tape = rnn.forward(x)
+    params["weight_hh_l0"] = np.zeros((4, 4))
+    reference = rk.RNN(3, 4, seed=0, dtype="float64")
+    reference.parameters()["weight_hh_l0"][...] = 0.0
+    np.testing.assert_array_equal(rnn(x)[0], reference(x)[0])
+    del tape
+
+
+def test_layers_with_live_tapes_pickle_and_copy(rng):
+    import copy
+    import pickle
+    lstm = rk.LSTM(3, 4, seed=0)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    y, _, tape = lstm.forward(x)
+    for clone in (pickle.loads(pickle.dumps(lstm)), copy.deepcopy(lstm)):
+        assert all(p.flags.writeable for p in clone.parameters().values())
+        np.testing.assert_array_equal(clone(x)[0], y)
+
+
+def test_the_kernels_never_see_read_only_parameters(rng):
+    """The locked arrays reach the kernels as writable views: Numba compiles a
+    read-only array as a type of its own (a second compile of every driver)."""
+    import inspect
+    from rnnkern.kernels.numba import drivers
+    lstm = rk.LSTM(3, 4, seed=0, proj_size=2)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    y, _, tape = lstm.forward(x)
+    lstm(x)                                            # inference while the tape locks them
+    lstm.backward(np.ones_like(y), tape)
+    for driver in (drivers.forward_sequence, drivers.backward_sequence):
+        names = list(inspect.signature(driver.py_func).parameters)
+        weights = [k for k, name in enumerate(names) if name.startswith(("w_", "b_"))]
+        assert weights
+        for signature in driver.signatures:
+            assert all(signature[k].mutable for k in weights), (driver, signature)

@@ -207,6 +207,29 @@ def test_dense_matches_torch_linear():
         layer.forward(x[..., :4])
 
 
+def test_an_optimizer_step_between_forward_and_backward_leaves_the_gradients():
+    """Every layer's tape keeps the values its forward ran with (Dense's dx used
+    the updated weight before), through the optimizer's in-place update."""
+    model = char_lm(9, 6, dtype="float64")
+    ids = np.random.default_rng(8).integers(0, 9, (5, 3))
+    targets = np.random.default_rng(9).integers(0, 9, (5, 3))
+
+    def gradients(step_first):
+        logits, _, tape = model.forward(ids)
+        _, dlogits = softmax_cross_entropy(logits, targets)
+        if step_first:
+            SGD(lr=0.5).step(model.parameters(), {n: np.ones_like(p) for n, p in
+                                                  model.parameters().items()})
+        return model.backward(dlogits, tape)[2]
+
+    before = {n: p.copy() for n, p in model.state_dict().items()}
+    expected = gradients(step_first=False)
+    got = gradients(step_first=True)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert all(np.array_equal(p, before[n] - 0.5) for n, p in model.state_dict().items())
+
+
 def test_sequential_language_model_gradients_match_torch():
     model = char_lm(9, 6, dtype="float64")
     ids = np.random.default_rng(8).integers(0, 9, (5, 3))

@@ -123,20 +123,20 @@ class Dense(ParameterLayer):
     def forward(self, x):
         """``y = x V^T + b`` on the last axis of ``x`` (``(..., in_features)``)."""
         xp = namespace_of(x, names=["x"])
-        params = self._parameters_for(xp, "x")
+        params = self._parameters_for(xp, "x", for_tape=True)     # V for the backward's dx
         v.check_array("x", x, x.ndim, self.dtype, (None,) * (x.ndim - 1) + (self.in_features,))
         rows = xp.reshape(x, (-1, self.in_features))        # one 2-D GEMM (BLAS) for all rows
         y = xp.matmul(rows, xp.permute_dims(params["weight"], (1, 0)))
         if self.bias:
             y = y + params["bias"]
-        return xp.reshape(y, tuple(x.shape)[:-1] + (self.out_features,)), Tape(self, x)
+        return xp.reshape(y, tuple(x.shape)[:-1] + (self.out_features,)), Tape(self, (x, params))
 
     def backward(self, dy, tape):
         """Return ``(dx, {"weight": dV, "bias": db})``."""
         check_tape(tape, self)
-        x = tape.saved
+        x, params = tape.saved
         xp = namespace_of(dy, x, names=["dy", "the tape's x"])
-        params = self._parameters_for(xp, "dy")
+        self._parameters_for(xp, "dy")      # the TypeError if dy is of another library
         v.check_array("dy", dy, x.ndim, self.dtype, tuple(x.shape)[:-1] + (self.out_features,))
         dy_flat = xp.reshape(dy, (-1, self.out_features))
         x_flat = xp.reshape(x, (-1, self.in_features))

@@ -158,7 +158,8 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
                                  saved, scratch, kept, plan.transposed_weights)
     if not keep:
         return y, state, None
-    tape = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "lengths": lengths,
+    # the parameter dict itself, not its arrays: TapeParameters.detach swaps them for copies
+    tape = {"x": x, "params": params, "lengths": lengths,
             "reverse": reverse, "history": history, "saved": saved, "m": m}
     return y, state, tape
 
@@ -398,7 +399,9 @@ def _backward_arguments(cell, workers, barrier, x, dy, tape, carry, dgx, dgh, dx
     H = carry[0].shape[1]
     G, dtype = cell.num_gates, x.dtype
     separate_dgh = dgh is not dgx
-    shared = (x, dy, np.ascontiguousarray(tape["w_ih"]), np.ascontiguousarray(tape["w_hh"]),
+    params = tape["params"]
+    shared = (x, dy, np.ascontiguousarray(params["weight_ih"]),
+              np.ascontiguousarray(params["weight_hh"]),
               tape["lengths"], tape["reverse"], tape["history"], tape["saved"], carry, dgx, dgh,
               separate_dgh, dx, grads["weight_ih"], grads["weight_hh"], grads["bias_ih"],
               grads["bias_hh"], barrier, _SCHED_YIELD)
@@ -466,7 +469,8 @@ def _cache_line_arrays(role, layout, dtype):
 
 
 def backward_direction(cell, dy, dstate_n, tape):
-    x, w_ih, w_hh, history = tape["x"], tape["w_ih"], tape["w_hh"], tape["history"]
+    x, history, params = tape["x"], tape["history"], tape["params"]
+    w_ih, w_hh, w_hr = params["weight_ih"], params["weight_hh"], params.get("weight_hr")
     T, B, I = x.shape
     GH, P = w_hh.shape
     H = w_ih.shape[0] // cell.num_gates
@@ -476,7 +480,6 @@ def backward_direction(cell, dy, dstate_n, tape):
     dgx = _workspace("dgx", (T, B, GH), dtype)
     dgh = _workspace("dgh", (T, B, GH), dtype) if "dgh" in cell.step_gradients else dgx
     dy = np.ascontiguousarray(dy)
-    w_hr = tape["w_hr"]
     plan = planner.plan_direction(cell, dtype, B, H, projected=w_hr is not None, training=True,
                                   steps=T)
     if plan.path == "split":
