@@ -38,6 +38,7 @@ carries through and writes zero pre-activation gradients.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import numba as nb
@@ -71,7 +72,13 @@ class CellRowsType(types.Dummy):
 
 @typeof_impl.register(CellRows)
 def _typeof_cell_rows(value, context):
-    return CellRowsType(value.name)
+    return _cell_rows_type(value.name)
+
+
+@functools.cache
+def _cell_rows_type(name):
+    """One type object per cell (made once: typing a CellRows is on every driver call)."""
+    return CellRowsType(name)
 
 
 register_model(CellRowsType)(models.OpaqueModel)
