@@ -361,6 +361,7 @@ def run(args, comm):
             mask = None if kind == "classification" else _mask(xp, lengths, x.shape[0], x)
             loss, dout, n = task_loss(kind, out, y, mask)
             grads = model.backward(dout, tape)
+            del tape     # a live tape would make the update copy the parameters for it
             carry = states if plan.bptt else None
             reduce_started = time.perf_counter()
             grads, loss, stop, save_now = comm.reduce_step(grads, loss, n, signals.stop,

@@ -94,6 +94,7 @@ def run(args) -> int:
         prediction, _, tape = model.forward(xp.take(train_x, batch, axis=0))
         loss, dprediction = mean_squared_error(prediction, xp.take(train_y, batch, axis=0))
         _, _, grads = model.backward(dprediction, tape)
+        del tape         # a live tape would make the update copy the parameters for it
         grads, _ = clip_grad_norm(grads, 1.0)
         optimizer.step(model.parameters(), grads)
         if step % report_every == 0 or step == args.steps:

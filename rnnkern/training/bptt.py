@@ -93,6 +93,7 @@ def train_step(model, optimizer, inputs, targets, states=None, *, max_grad_norm=
     logits, states, tape = model.forward(inputs, states)
     loss, dlogits = softmax_cross_entropy(logits, targets)
     _, _, grads = model.backward(dlogits, tape)
+    del tape             # a live tape would make the update copy the parameters for it
     grad_norm = None
     if max_grad_norm is not None:
         grads, grad_norm = clip_grad_norm(grads, max_grad_norm)
