@@ -54,8 +54,11 @@ class TapeParameters(dict):
     __slots__ = ("sources", "locked", "directions", "__weakref__")
 
     def __init__(self, params):
-        # the views first: a view taken after the lock would be read-only too
-        super().__init__({name: p.view() for name, p in params.items()})
+        # The views first: a view taken after the lock would be read-only too.  An
+        # array read-only already (another layer's lock: tied weights) is copied: that
+        # lock ends when the other layer's tapes are dropped, not with these.
+        super().__init__({name: p.view() if p.flags.writeable else p.copy()
+                          for name, p in params.items()})
         self.sources = tuple(params.items())
         self.locked = [p for p in params.values() if p.flags.writeable]
         for p in self.locked:

@@ -192,6 +192,24 @@ def test_steps_of_a_cell_kept_for_backpropagation_share_one_parameter_set(rng):
     assert np.isfinite(dstate[0]).all()
 
 
+def test_tied_weights_keep_each_tape_right(rng):
+    """Two layers holding one array (tied weights): each tape keeps the values
+    its forward ran with, whichever layer's ``parameters()`` the update uses."""
+    first = rk.RNN(4, 4, seed=0, dtype="float64")
+    second = rk.RNN(4, 4, seed=1, dtype="float64")
+    second.parameters()["weight_hh_l0"] = first.parameters()["weight_hh_l0"]
+    x = rng.standard_normal((3, 2, 4))
+    dy = rng.standard_normal((3, 2, 4))
+    expected = [layer.backward(dy, layer.forward(x)[2]) for layer in (first, second)]
+    tapes = [layer.forward(x)[2] for layer in (first, second)]
+    for writer in (first, second):
+        writer.parameters()["weight_hh_l0"][...] += 0.25
+        for layer, tape, want in zip((first, second), tapes, expected):
+            got = layer.backward(dy, tape)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[2]["weight_hh_l0"], want[2]["weight_hh_l0"])
+
+
 def test_layers_replaced_in_the_parameter_dict_are_what_runs(rng):
     """An entry of ``parameters()`` replaced while a tape locks the old array:
     the next call runs the new one."""
