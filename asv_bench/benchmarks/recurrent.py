@@ -77,11 +77,13 @@ class LayerTime:
 class SingleStepTime:
     """Wall time of the single-step cells (``rnnkern.LSTMCell``, ...) on NumPy arrays: one
     step ``cell(x, state)``, ``cell.forward`` and forward + ``backward``, at
-    ``SINGLE_STEP_SHAPES`` (T = 1: the per-call cost a generation loop pays every step)."""
+    ``SINGLE_STEP_SHAPES`` (T = 1: the per-call cost a generation loop pays every step);
+    and 16 steps backpropagated by hand (time and peak memory)."""
 
     params = [CELLS, DTYPES, [str(shape) for shape in single_step_shapes()]]
     param_names = ["cell", "dtype", "shape"]
     timeout = 120
+    STEPS_BY_HAND = 16
 
     def setup(self, cell, dtype, shape):
         self.workload = RnnkernWorkload(cell, parse_shape(shape), dtype, "cpu",
@@ -96,6 +98,26 @@ class SingleStepTime:
 
     def time_forward_backward(self, cell, dtype, shape):
         self.workload.forward_backward()
+
+    def time_backpropagation_through_time_by_hand(self, cell, dtype, shape):
+        self._backpropagate_by_hand()
+
+    def peakmem_backpropagation_through_time_by_hand(self, cell, dtype, shape):
+        self._backpropagate_by_hand()
+
+    def _backpropagate_by_hand(self):
+        """16 steps of the cell, the state carried and every tape kept, then backward
+        through them in reverse: what a user's own time loop does.  The tapes share the
+        cell's parameters (``rnnkern.parameters.TapeParameters``), not 16 copies."""
+        step, x = self.workload.layer.step, self.workload.x
+        state, tapes = None, []
+        for _ in range(self.STEPS_BY_HAND):
+            state, tape = step.forward(x, state)
+            tapes.append(tape)
+        dstate = (tuple(np.ones_like(s) for s in state) if isinstance(state, tuple)
+                  else np.ones_like(state))
+        for tape in reversed(tapes):
+            _, dstate, _ = step.backward(dstate, tape)
 
 
 class SubnormalTime:
