@@ -1,7 +1,11 @@
-"""Layer mechanics: names, initialisation, state_dict interchange, import hygiene."""
+"""Layer mechanics: names, initialisation, state_dict interchange, the parameters tapes share, import hygiene."""
 
+import copy
+import inspect
+import pickle
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -171,7 +175,6 @@ def test_tapes_share_the_parameters_and_lock_them_until_parameters_is_called(rng
 def test_steps_of_a_cell_kept_for_backpropagation_share_one_parameter_set(rng):
     """T forwards of a single-step cell, each with its tape (backpropagation
     through time by hand), keep the parameters once, not T times."""
-    import tracemalloc
     cell = rk.LSTMCell(64, 128, seed=0)
     x = rng.standard_normal((1, 64)).astype(np.float32)
     parameter_bytes = sum(p.nbytes for p in cell.parameters().values())
@@ -221,15 +224,13 @@ def test_layers_replaced_in_the_parameter_dict_are_what_runs(rng):
     reference = rk.RNN(3, 4, seed=0, dtype="float64")
     reference.parameters()["weight_hh_l0"][...] = 0.0
     np.testing.assert_array_equal(rnn(x)[0], reference(x)[0])
-    del tape
+    assert tape is not None                            # alive (locking the old array) till here
 
 
 def test_layers_with_live_tapes_pickle_and_copy(rng):
-    import copy
-    import pickle
     lstm = rk.LSTM(3, 4, seed=0)
     x = rng.standard_normal((5, 2, 3)).astype(np.float32)
-    y, _, tape = lstm.forward(x)
+    y, _, tape = lstm.forward(x)                       # the live tape locks lstm's arrays
     for clone in (pickle.loads(pickle.dumps(lstm)), copy.deepcopy(lstm)):
         assert all(p.flags.writeable for p in clone.parameters().values())
         np.testing.assert_array_equal(clone(x)[0], y)
@@ -238,7 +239,6 @@ def test_layers_with_live_tapes_pickle_and_copy(rng):
 def test_the_kernels_never_see_read_only_parameters(rng):
     """The locked arrays reach the kernels as writable views: Numba compiles a
     read-only array as a type of its own (a second compile of every driver)."""
-    import inspect
     from rnnkern.kernels.numba import drivers
     lstm = rk.LSTM(3, 4, seed=0, proj_size=2)
     x = rng.standard_normal((5, 2, 3)).astype(np.float32)
