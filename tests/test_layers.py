@@ -1,4 +1,5 @@
-"""Layer mechanics: names, initialisation, state_dict interchange, the parameters tapes share, import hygiene."""
+"""Layer mechanics: names, initialisation, state_dict interchange, the parameters tapes
+share, import hygiene."""
 
 import copy
 import inspect
