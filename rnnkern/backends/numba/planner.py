@@ -354,11 +354,12 @@ def _plan_from_shapes(num_gates, dtype, batch, hidden, projected, steps, choice,
 
 
 def _plan(cell, dtype, batch, hidden, projected, steps, choice, workers, cores, others_running):
+    thresholds = _thresholds()
     plan = _plan_from_shapes(cell.num_gates, dtype, batch, hidden, projected, steps, choice,
-                             _thresholds())
+                             thresholds)
     if plan is not None:
         return plan
-    transposed = _copies_w_hh_t(batch, steps, TRANSPOSE_MIN_STEPS)
+    transposed = _copies_w_hh_t(batch, steps, thresholds[-1])     # TRANSPOSE_MIN_STEPS, as read
     cores = usable_cores() if cores is None else cores
     if workers is None:
         workers = min(MAX_WORKERS, cores)
