@@ -188,39 +188,70 @@ def test_unbatched_input_and_the_single_step_cells(cell):
         _assert_close(a, b, "float64", "state")
 
 
-@pytest.mark.parametrize("vector_bytes, vectors", [(32, 2), (16, 2)])
-def test_the_tiles_of_other_cpus(vector_bytes, vectors, tmp_path):
-    """The tile sizes of AVX2 and of 16-byte-vector CPUs, compiled here in a fresh process
-    (its own Numba cache: the sizes are not part of a cached kernel's key): split equals
-    the general driver for every cell, B over and under a tile, H over and under a panel."""
-    code = f"""
+#: (VECTOR_BYTES, VECTORS) of the CPUs whose tiles are compiled in a fresh process.
+OTHER_CPU_TILES = {"avx2": (32, 2), "sse": (16, 2)}
+
+#: The layers of the tiles test: every cell, B over and under a tile, H over and under a panel.
+TILE_CASES = [(layer, B, H) for layer in ("LSTM", "GRU", "RNN")
+              for B, H in ((1, 5), (7, 37), (13, 20))]
+
+
+def _tile_case(layer_name, B, H):
+    layer = getattr(rk, layer_name)(3, H, dtype="float64", bidirectional=True, seed=B)
+    x = np.random.default_rng(B * 100 + H).standard_normal((4, B, 3))
+    return layer, x
+
+
+def _forward_backward(layer, x):
+    y, _, tape = layer.forward(x)
+    dx, _, grads = layer.backward(np.ones_like(y), tape)
+    return {"y": y, "dx": dx, **grads}
+
+
+_SPLIT_WITH_OTHER_TILES = """
+import sys
 import numpy as np
 from rnnkern.kernels.numba import tiles
-tiles.VECTOR_BYTES, tiles.VECTORS, tiles.REGISTERS = {vector_bytes}, {vectors}, 16
-import rnnkern as rk
+tiles.VECTOR_BYTES, tiles.VECTORS, tiles.REGISTERS = int(sys.argv[1]), int(sys.argv[2]), 16
+sys.path.insert(0, sys.argv[4])
+from test_split import TILE_CASES, _forward_backward, _tile_case
 from rnnkern.backends.numba import planner
-rng = np.random.default_rng(0)
-for layer_class in (rk.LSTM, rk.GRU, rk.RNN):
-    for B, H in ((1, 5), (7, 37), (13, 20)):
-        layer = layer_class(3, H, dtype="float64", bidirectional=True, seed=B)
-        x = rng.standard_normal((4, B, 3))
-        runs = []
-        for path in ("general", "split"):
-            with planner.use_path(path, workers=2 if path == "split" else None):
-                y, state, tape = layer.forward(x)
-                dx, _, grads = layer.backward(np.ones_like(y), tape)
-            runs.append((y, dx, grads))
-        (y0, dx0, g0), (y1, dx1, g1) = runs
-        np.testing.assert_allclose(y1, y0, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(dx1, dx0, rtol=1e-10, atol=1e-12)
-        for name in g0:
-            np.testing.assert_allclose(g1[name], g0[name], rtol=1e-10, atol=1e-12)
+results = {}
+with planner.use_path("split", workers=2):
+    for number, case in enumerate(TILE_CASES):
+        for name, value in _forward_backward(*_tile_case(*case)).items():
+            results[f"{number}/{name}"] = value
+np.savez(sys.argv[3], **results)
 print("ok", tiles.panel_width(8))
 """
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                               env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)), timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.split() == ["ok", str(vectors * vector_bytes // 8)]
+
+
+def test_the_tiles_of_other_cpus(tmp_path):
+    """The tile sizes of AVX2 and of 16-byte-vector CPUs: the split path compiled with them
+    in fresh processes (each its own Numba cache: the sizes are not part of a cached
+    kernel's key), both at once, equals the general driver run here, for every cell, B over
+    and under a tile, H over and under a panel.  (The general driver uses no tiles.)"""
+    children = {}
+    for cpu, (vector_bytes, vectors) in OTHER_CPU_TILES.items():
+        cache = tmp_path / cpu
+        children[cpu] = subprocess.Popen(
+            [sys.executable, "-c", _SPLIT_WITH_OTHER_TILES, str(vector_bytes), str(vectors),
+             str(tmp_path / f"{cpu}.npz"), os.path.dirname(__file__)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, NUMBA_CACHE_DIR=str(cache)))
+    with planner.use_path("general"):
+        expected = [_forward_backward(*_tile_case(*case)) for case in TILE_CASES]
+    for cpu, child in children.items():
+        stdout, stderr = child.communicate(timeout=600)
+        assert child.returncode == 0, stderr[-3000:]
+        vector_bytes, vectors = OTHER_CPU_TILES[cpu]
+        assert stdout.split() == ["ok", str(vectors * vector_bytes // 8)]
+        with np.load(tmp_path / f"{cpu}.npz") as split_results:
+            for number, (case, reference) in enumerate(zip(TILE_CASES, expected)):
+                for name, value in reference.items():
+                    np.testing.assert_allclose(split_results[f"{number}/{name}"], value,
+                                               rtol=1e-10, atol=1e-12,
+                                               err_msg=f"{cpu} tiles, {case}: {name}")
 
 
 # ------------------------------------------------------------------ the planner
@@ -374,23 +405,27 @@ def test_running_threads_are_seen_as_they_come_and_go_and_after_a_fork():
         while not stop.is_set():
             pass
 
+    def seen_running(samples=200):
+        # Python threads share the GIL: sample a while, the thread is seen running at times
+        # (each sample may wait a switch interval for the GIL: stop at the first sighting)
+        return any(planner.other_threads_running() >= 1 for _ in range(samples))
+
     def seen_beside_a_new_spinning_thread():
         thread = threading.Thread(target=spin)
         thread.start()
         try:
-            # Python threads share the GIL: sample a while, the thread is seen running at times
-            return max(planner.other_threads_running() for _ in range(200))
+            return seen_running()
         finally:
             stop.set()
             thread.join()
             stop.clear()
 
-    assert seen_beside_a_new_spinning_thread() >= 1
-    assert seen_beside_a_new_spinning_thread() >= 1      # another thread, the same count
+    assert seen_beside_a_new_spinning_thread()
+    assert seen_beside_a_new_spinning_thread()      # another thread, the same count
     spinner = threading.Thread(target=spin)         # running in the parent during the fork
     spinner.start()
     try:
-        assert max(planner.other_threads_running() for _ in range(200)) >= 1
+        assert seen_running()
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:                                # the child: only this thread exists
