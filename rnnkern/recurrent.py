@@ -67,11 +67,12 @@ class RegistryCellMixin:
         if directions is not None and suffix in directions:
             return directions[suffix]
         out = {}
-        sizes = self.cell.sizes(0, self.hidden_size, self.proj_size)
         for p in self.cell.parameters:
-            if p.name + suffix in params:
-                out[p.name] = params[p.name + suffix]
+            key = p.name + suffix
+            if key in params:
+                out[p.name] = params[key]
             elif p.is_bias:        # bias=False: the kernels add a zero bias
+                sizes = self.cell.sizes(0, self.hidden_size, self.proj_size)
                 out[p.name] = xp.zeros(p.shape_for(sizes), dtype=like.dtype,
                                        device=array_api_compat.device(like))
         if directions is not None:

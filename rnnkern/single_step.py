@@ -44,6 +44,10 @@ from .validation import describe
 __all__ = ["RecurrentCell", "RNNCell", "LSTMCell", "GRUCell"]
 
 
+#: The kinds of calls whose checks a cell remembers (``RecurrentCell._checked_call``).
+_CHECKED_CALLS_KEPT = 16
+
+
 def _registry_cell(layer, options):
     """The registry entry of ``layer`` whose ``layer_options`` equal ``options``."""
     cells = cells_of_layer(layer)
@@ -87,6 +91,12 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         check_device(device)
         v.check_seed("seed", seed)
         self._init_parameters(self._initial_parameters(np.random.default_rng(seed)), dtype, device)
+        self._checked_calls = {}    # what _checked_call found, by the arguments' kinds
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_checked_calls"] = {}        # holds modules (the namespaces): not pickled
+        return state
 
     def _parameter_shapes(self):
         return self.cell.parameter_shapes(self.input_size, self.hidden_size, self.bias)
@@ -123,34 +133,70 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
 
     @on_device_of_arguments      # CuPy: allocate on the arrays' device
     def _step(self, x, state, keep):
-        names = self._state_argument_names("state")
-        state = self._split_state(state, "state")
-        xp = namespace_of(x, *state, names=["x", *names])
+        states = self._split_state(state, "state")
+        xp, batch, unbatched = self._checked_call(x, states)
         backend = backend_for(xp)
         params = self._parameters_for(xp, for_tape=keep)
+        states = tuple(self._batched_state(xp, s, batch, unbatched) for s in states)
+        if unbatched:
+            x = xp.reshape(x, (1, self.input_size))
+        direction = self._direction_parameters(xp, params, "", x)
+        if not keep:
+            return self._user_state(xp, backend.step(self.cell, x, direction, states),
+                                    unbatched), None
+        _, state_n, saved = backend.forward_direction(
+            self.cell, xp.reshape(x, (1, batch, self.input_size)), direction, states, None,
+            False, keep=True)
+        tape = Tape(self, saved, self._version, backend=backend, xp=xp, batch=batch,
+                    unbatched=unbatched, x_shape=(self.input_size,) if unbatched else
+                    (batch, self.input_size), parameters=params)    # alive while the tape is
+        return self._user_state(xp, state_n, unbatched), tape
+
+    def _checked_call(self, x, states):
+        """``(xp, batch, unbatched)`` of a call with ``x`` and ``states`` (None
+        entries: zeros), or the error naming the argument.
+
+        The answer follows from the arrays' types, shapes, dtypes and devices and
+        the layer's dtype and device, so it is remembered by them: a cell called
+        once a time step checks its arguments' kind once.
+        """
+        try:
+            signature = (self.dtype, self.device) + tuple(
+                None if a is None else (type(a), a.shape, a.dtype, a.device)
+                for a in (x, *states))
+            checked = self._checked_calls.get(signature)
+        except (AttributeError, TypeError):     # not arrays, or nothing hashable to key by
+            signature, checked = None, None
+        if checked is not None:
+            return checked
+        names = self._state_argument_names("state")
+        xp = namespace_of(x, *states, names=["x", *names])
         v.check_array("x", x, (1, 2), self.dtype, (None,) * (x.ndim - 1) + (self.input_size,))
         unbatched = x.ndim == 1
         batch = 1 if unbatched else x.shape[0]
-        state = tuple(self._batched_state(xp, s, name, batch, unbatched)
-                      for s, name in zip(state, names))
-        _, state_n, saved = backend.forward_direction(
-            self.cell, xp.reshape(x, (1, batch, self.input_size)),
-            self._direction_parameters(xp, params, "", x), state, None, False, keep=keep)
-        tape = Tape(self, saved, self._version, backend=backend, xp=xp, batch=batch,
-                    unbatched=unbatched, x_shape=tuple(x.shape),
-                    parameters=params) if keep else None       # alive while the tape is
-        return self._user_state(xp, state_n, unbatched), tape
+        self._check_states(states, names, batch, unbatched)
+        checked = (xp, batch, unbatched)
+        if signature is not None:
+            if len(self._checked_calls) >= _CHECKED_CALLS_KEPT:
+                self._checked_calls.clear()
+            self._checked_calls[signature] = checked
+        return checked
 
     # ------------------------------------------------------------------ states
 
-    def _batched_state(self, xp, s, name, batch, unbatched):
-        """A state argument as ``(B, H)``: checked, or zeros for None."""
+    def _check_states(self, states, names, batch, unbatched):
+        """Each state argument given (None: zeros) is ``(B, H)``, or ``(H,)`` unbatched."""
+        shape = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
+        for s, name in zip(states, names):
+            if s is not None:
+                v.check_array(name, s, len(shape), self.dtype, shape)
+
+    def _batched_state(self, xp, s, batch, unbatched):
+        """A checked state argument as ``(B, H)``, or zeros for None."""
         if s is None:
             return xp.zeros((batch, self.hidden_size), dtype=getattr(xp, self.dtype),
                             device=self._device_of(xp))
-        shape = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
-        v.check_array(name, s, len(shape), self.dtype, shape)
-        return xp.reshape(s, (batch, self.hidden_size))
+        return xp.reshape(s, (1, self.hidden_size)) if unbatched else s
 
     def _user_state(self, xp, states, unbatched):
         """``(B, H)`` states -> the user's form (``(H,)`` unbatched; ``h`` or the tuple)."""
@@ -193,8 +239,8 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
                                 f"recorded with ({backend.__name__.rsplit('.', 1)[-1]}), "
                                 f"got {describe(given[0][1])}")
         batch, unbatched = context["batch"], context["unbatched"]
-        dstate = tuple(self._batched_state(xp, d, name, batch, unbatched)
-                       for d, name in zip(dstate, names))
+        self._check_states(dstate, names, batch, unbatched)
+        dstate = tuple(self._batched_state(xp, d, batch, unbatched) for d in dstate)
         H = self.hidden_size
         dy = xp.zeros((1, batch, H), dtype=dstate[0].dtype, device=self._device_of(xp))
         dx, dstate0, grads = backend.backward_direction(self.cell, dy, dstate, tape.saved)

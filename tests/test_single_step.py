@@ -280,6 +280,30 @@ def test_cupy_matches_numba(cell, dtype, batch, rng):
 
 # ---------------------------------------------------------------------- nothing is modified
 
+def test_repeated_calls_are_the_forward_bit_for_bit(cell, rng):
+    """Calls run the backends' ``step`` (the Numba backend prepares what calls of one kind
+    share, per thread): interleaved kinds (batch, hidden size, dtype, unbatched) and a
+    forced path each give what ``forward`` gives, and leave the user's arrays as they were."""
+    from rnnkern.backends.numba import planner
+
+    cells = {(H, dtype): make_cell(cell, 3, H, dtype=dtype, seed=H)
+             for H in (4, 7) for dtype in DTYPES}
+    for round_ in range(3):
+        for (H, dtype), cell_obj in cells.items():
+            for batch in (1, 5, None):
+                x, state, _ = random_inputs(rng, cell_obj, batch, dtype)
+                given = [a.copy() for a in [x, *as_list(cell_obj, state)]]
+                path = planner.use_path("split") if round_ == 2 else planner.use_path("auto")
+                with path:
+                    called = cell_obj(x, state)
+                    stepped, _ = cell_obj.forward(x, state)
+                for a, b in zip(as_list(cell_obj, called), as_list(cell_obj, stepped),
+                                strict=True):
+                    np.testing.assert_array_equal(a, b, err_msg=f"H={H} {dtype} B={batch}")
+                for a, b in zip([x, *as_list(cell_obj, state)], given, strict=True):
+                    np.testing.assert_array_equal(a, b)
+
+
 def test_inputs_and_parameters_are_not_modified(cell, rng):
     cell_obj = make_cell(cell, 3, 4, dtype="float64", seed=2)
     x, state, dstate = random_inputs(rng, cell_obj, 2, "float64")
@@ -334,6 +358,9 @@ def test_bad_inputs(cell):
     states = lambda *shape, dtype=f32: as_state(                      # noqa: E731
         cell_obj, [np.zeros(shape, dtype) for _ in cell.state_names])
     state_name = "state" if cell.num_states == 1 else "state h"
+    cell_obj(x)                             # good calls first: their checks are remembered
+    cell_obj(x, states(2, H))
+    cell_obj(np.zeros(3, f32), states(H))
     for args, error, match in [
         ((np.zeros((1, 2, 3), f32),), ValueError, r"x: expected a \(1, 2\)-D array"),
         ((np.zeros((2, 5), f32),), ValueError, r"x: expected shape \(\*, 3\)"),

@@ -1,11 +1,18 @@
-"""Backends: one package per engine, all with the same two functions.
+"""Backends: one package per engine, all with the same three functions.
 
-A backend runs one direction of one layer over the whole sequence::
+A backend runs one direction of one layer over the whole sequence, and one
+inference step of a single-step cell::
 
     forward_direction(cell, x, params, state, lengths, reverse, *, keep=True)
         -> y, state_n, saved
     backward_direction(cell, dy, dstate_n, saved)
         -> dx, dstate0, grads
+    step(cell, x_t, params, state)
+        -> state_n          forward_direction's for x = x_t[None], no lengths,
+                            keep=False; x_t (B, I).  A single-step cell's user
+                            calls it once a time step, so a backend may prepare
+                            what the calls share; ``step_of`` makes it from
+                            forward_direction where nothing is worth preparing
 
 with (all arrays of the backend's library and of one float dtype)::
 
@@ -36,9 +43,20 @@ from __future__ import annotations
 
 import importlib
 
+import array_api_compat
+
 from ..dispatch import backend_name
 
-__all__ = ["backend_for", "time_order", "int32_lengths", "weight_gradients"]
+__all__ = ["backend_for", "step_of", "time_order", "int32_lengths", "weight_gradients"]
+
+
+def step_of(forward_direction):
+    """The contract's ``step`` of a backend, run as a one-step ``forward_direction``."""
+    def step(cell, x, params, state):
+        xp = array_api_compat.array_namespace(x)
+        return forward_direction(cell, xp.expand_dims(x, axis=0), params, state, None, False,
+                                 keep=False)[1]
+    return step
 
 
 def time_order(steps, reverse):

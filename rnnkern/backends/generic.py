@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import array_api_compat
 
-from . import time_order, weight_gradients
+from . import step_of, time_order, weight_gradients
 
-__all__ = ["forward_direction", "backward_direction"]
+__all__ = ["forward_direction", "backward_direction", "step"]
 
 
 def _active_mask(xp, lengths, t, like):
@@ -80,3 +80,6 @@ def backward_direction(cell, dy, dstate_n, tape):
     if projection is not None:                    # dW_hr = sum_t dh_t^T m_t
         grads["weight_hr"] = xp.matmul(xp.permute_dims(rows(dh_all), (1, 0)), rows(tape["m"]))
     return xp.reshape(dx, (T, B, I)), dstate, grads
+
+
+step = step_of(forward_direction)

@@ -32,12 +32,13 @@ import functools
 import numpy as np
 
 from ...dispatch import namespace_of
+from .. import step_of
 from .driver import backward_direction_with, forward_direction_with
 from .launchers import Launcher
 from .modules import CudaKernelError, get_kernel
 from .planner import DeviceLimits
 
-__all__ = ["forward_direction", "backward_direction", "CupyLauncher", "cupy_launcher"]
+__all__ = ["forward_direction", "backward_direction", "step", "CupyLauncher", "cupy_launcher"]
 
 
 @functools.cache
@@ -139,3 +140,6 @@ def backward_direction(cell, dy, dstate_n, tape):
                  names=["dy", *_names("dstate", dstate_n), "x of the forward"])
     with dy.device:
         return backward_direction_with(cupy_launcher(), cell, dy, dstate_n, tape)
+
+
+step = step_of(forward_direction)          # nothing prepared across calls (yet)

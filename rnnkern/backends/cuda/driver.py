@@ -42,7 +42,7 @@ import types
 
 import numpy as np
 
-from .. import int32_lengths, time_order, weight_gradients
+from .. import int32_lengths, step_of, time_order, weight_gradients
 from .modules import (check_launch, elementwise_launch, index_type, kernel_name,
                       persistent_kernel_name)
 from .planner import plan_direction
@@ -53,15 +53,17 @@ __all__ = ["forward_direction_with", "backward_direction_with", "backend_with", 
 
 def backend_with(launcher, name=None):
     """This orchestration on ``launcher`` as a backend (``forward_direction``,
-    ``backward_direction`` of the contract in ``rnnkern.backends``).
+    ``backward_direction`` and ``step`` of the contract in ``rnnkern.backends``).
 
     The emulated backend, the metrics' counting runs and the tests use it;
     ``launcher.counts`` then counts the host calls of every direction run.
     """
+    forward_direction = functools.partial(forward_direction_with, launcher)
     return types.SimpleNamespace(
         __name__=name or f"{__name__}.backend_with({type(launcher).__name__})",
-        forward_direction=functools.partial(forward_direction_with, launcher),
-        backward_direction=functools.partial(backward_direction_with, launcher))
+        forward_direction=forward_direction,
+        backward_direction=functools.partial(backward_direction_with, launcher),
+        step=step_of(forward_direction))
 
 
 def forward_step_arguments(state_next, y_t, saved_t, gx_t, gh, b_hh, state_prev, lengths, t,

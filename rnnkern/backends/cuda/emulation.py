@@ -493,7 +493,7 @@ def emulated_backend(schedule="forward"):
     Returns
     -------
     namespace
-        With ``forward_direction`` and ``backward_direction`` of the backend
+        With ``forward_direction``, ``backward_direction`` and ``step`` of the backend
         contract (``rnnkern.backends``), for NumPy arrays; one per schedule.
     """
     return _emulated_backend(schedule)

@@ -41,6 +41,7 @@ import functools
 import math
 import os
 import threading
+import typing
 
 import numpy as np
 
@@ -50,7 +51,7 @@ from .. import int32_lengths, weight_gradients
 from . import planner
 from .blas import gemm_function
 
-__all__ = ["forward_direction", "backward_direction"]
+__all__ = ["forward_direction", "backward_direction", "step"]
 
 
 def _rows(a):
@@ -84,13 +85,14 @@ def _own_copy(a, dtype):
 
 class _ThreadWorkspaces(threading.local):
     """One flat buffer per (role, dtype) for each thread, grown on demand; the shaped views
-    of them handed out (``_workspace``); and the arrays last carved from a role's buffer
-    (``_cache_line_arrays``), with their layout."""
+    of them handed out (``_workspace``); the arrays last carved from a role's buffer
+    (``_cache_line_arrays``), with their layout; and the prepared steps (``step``)."""
 
     def __init__(self):
         self.buffers = {}
         self.views = {}
         self.carved = {}
+        self.steps = {}             # the inference steps prepared on this thread (step)
 
 
 _WORKSPACES = _ThreadWorkspaces()
@@ -162,6 +164,68 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
     tape = {"x": x, "params": params, "lengths": lengths,
             "reverse": reverse, "history": history, "saved": saved, "m": m}
     return y, state, tape
+
+
+class _PreparedStep(typing.NamedTuple):
+    """What the inference steps of one (cell, batch, W_hh shape, dtype, path choice) share on
+    a thread: the plan and the general driver's arguments other than the arrays of a call."""
+
+    plan: planner.Plan
+    rows: drivers.CellRows
+    lengths: np.ndarray         # (B,) all 1
+    gx: np.ndarray              # (1, B, G*H) scratch
+    gh: np.ndarray              # (B, G*H) scratch
+    y: np.ndarray               # (1, B, H) scratch: the step's h is the state's
+    history: tuple              # (0, B, H) stand-ins: nothing is kept
+    saved: tuple                # one step of the cell's saved arrays, scratch
+
+
+def step(cell, x, params, state):
+    """One inference step (``x`` (B, I); see ``rnnkern.backends``): ``forward_direction``'s
+    general driver at T = 1, with its set-up made once per (cell, batch, W_hh shape, dtype,
+    path choice) on each thread.
+
+    A single-step cell's user calls this once a time step, and at B = 1, H = 256
+    the set-up of a ``forward_direction`` call (its plan, scratch, stand-ins and
+    their checks) took longer than the step's two GEMVs and row.  A plan that
+    is not the plain general driver (a forced split) runs ``forward_direction``.
+    """
+    dtype = x.dtype
+    w_hh = params["weight_hh"]
+    key = (cell, x.shape[0], w_hh.shape, dtype, planner.path_choice())
+    prepared = _WORKSPACES.steps.get(key)
+    if prepared is None:
+        prepared = _prepare_step(cell, key)
+    plan = prepared.plan
+    if plan.path != "general" or plan.transposed_weights or "weight_hr" in params:
+        return forward_direction(cell, x[None], params, state, None, False, keep=False)[1]
+    state = tuple(_own_copy(s, dtype) for s in state)     # the driver carries them: the answer
+    x = np.ascontiguousarray(x)
+    with _cores_held() if plan.one_blas_thread else contextlib.nullcontext():
+        drivers.forward_sequence(
+            prepared.rows, gemm_function(dtype), x.reshape((1,) + x.shape),
+            np.ascontiguousarray(params["weight_ih"]), np.ascontiguousarray(params["bias_ih"]),
+            prepared.gx, np.ascontiguousarray(w_hh), _NONE_2D[dtype],
+            np.ascontiguousarray(params["bias_hh"]), prepared.lengths, False, False, state,
+            prepared.y, prepared.history, prepared.saved, prepared.gh, _NONE_2D[dtype],
+            _NONE_2D[dtype], state, prepared.y, _NONE_2D[dtype])
+    return state
+
+
+def _prepare_step(cell, key):
+    """The :class:`_PreparedStep` of ``key`` (see ``step``), kept for this thread."""
+    _, B, (GH, _), dtype, _ = key
+    H = GH // cell.num_gates
+    plan = planner.plan_direction(cell, dtype, B, H, projected=False, steps=1)
+    empty = lambda *shape: np.empty(shape, dtype)      # noqa: E731
+    prepared = _PreparedStep(
+        plan, drivers.CellRows(cell.kernels["numba"]), np.ones(B, np.int32), empty(1, B, GH),
+        empty(B, GH), empty(1, B, H), tuple(empty(0, B, H) for _ in cell.state_names),
+        tuple(empty(1, B, s.width * H) for s in cell.saved))
+    if len(_WORKSPACES.steps) >= _MAX_VIEWS:            # many shapes: start over
+        _WORKSPACES.steps = {}
+    _WORKSPACES.steps[key] = prepared
+    return prepared
 
 
 def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history, saved, scratch,

@@ -99,6 +99,9 @@ def gemm_function(dtype) -> tuple:
     Both come from the same library; ``ilp64`` is 1 where their sizes are
     64-bit integers.  ``(0, 0, 0)`` means ``np.dot``.
     """
+    found = _BY_DTYPE.get((_choice, dtype))   # the chosen library, found for dtype before
+    if found is not None:
+        return found
     name = blas_name()
     found = _BY_DTYPE.get((name, dtype))
     if found is None:
