@@ -29,6 +29,7 @@ entry whose ``Cell.layer`` is the class's ``layer`` and whose
 from __future__ import annotations
 
 
+import array_api_compat
 import numpy as np
 
 from . import validation as v
@@ -137,7 +138,7 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         xp, batch, unbatched = self._checked_call(x, states)
         backend = backend_for(xp)
         params = self._parameters_for(xp, for_tape=keep)
-        states = tuple(self._batched_state(xp, s, batch, unbatched) for s in states)
+        states = tuple(self._batched_state(xp, s, batch, unbatched, x) for s in states)
         if unbatched:
             x = xp.reshape(x, (1, self.input_size))
         direction = self._direction_parameters(xp, params, "", x)
@@ -191,11 +192,13 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
             if s is not None:
                 v.check_array(name, s, len(shape), self.dtype, shape)
 
-    def _batched_state(self, xp, s, batch, unbatched):
-        """A checked state argument as ``(B, H)``, or zeros for None."""
+    def _batched_state(self, xp, s, batch, unbatched, like):
+        """A checked state argument as ``(B, H)``; for None zeros on the device of the array
+        ``like`` (None: of the parameters)."""
         if s is None:
+            device = self._device_of(xp) if like is None else array_api_compat.device(like)
             return xp.zeros((batch, self.hidden_size), dtype=getattr(xp, self.dtype),
-                            device=self._device_of(xp))
+                            device=device)
         return xp.reshape(s, (1, self.hidden_size)) if unbatched else s
 
     def _user_state(self, xp, states, unbatched):
@@ -240,9 +243,10 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
                                 f"got {describe(given[0][1])}")
         batch, unbatched = context["batch"], context["unbatched"]
         self._check_states(dstate, names, batch, unbatched)
-        dstate = tuple(self._batched_state(xp, d, batch, unbatched) for d in dstate)
-        H = self.hidden_size
-        dy = xp.zeros((1, batch, H), dtype=dstate[0].dtype, device=self._device_of(xp))
+        like = given[0][1] if given else None
+        dstate = tuple(self._batched_state(xp, d, batch, unbatched, like) for d in dstate)
+        dy = xp.zeros((1, batch, self.hidden_size), dtype=dstate[0].dtype,
+                      device=array_api_compat.device(dstate[0]))
         dx, dstate0, grads = backend.backward_direction(self.cell, dy, dstate, tape.saved)
         grads = {name: grads[name] for name in self._params}    # none for biases without bias
         return (xp.reshape(dx, context["x_shape"]), self._user_state(xp, dstate0, unbatched),
