@@ -153,9 +153,12 @@ def test_gemm_on_each_blas_matches_numpy(blas, dtype, rng):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("M, K, N", [(1, 256, 1024), (1, 7, 1), (1, 1, 9), (5, 300, 1),
-                                     (1, 0, 4), (3, 0, 1), (1, 3, 0), (0, 3, 1)])
-def test_gemm_one_row_or_column_on_each_blas_matches_numpy(blas, dtype, M, K, N, rng):
-    """One row or one column (the GEMV route at batch 1): every layout, over a dirty ``out``."""
+                                     (1, 0, 4), (3, 0, 1), (1, 3, 0), (0, 3, 1),
+                                     (37, 1, 300), (1024, 1, 128), (2, 1, 1), (0, 1, 5)])
+def test_gemm_one_row_column_or_inner_size_on_each_blas_matches_numpy(blas, dtype, M, K, N,
+                                                                      rng):
+    """One row or one column (the GEMV route at batch 1) and an inner size of one (the outer
+    product of a weight gradient over one row): every layout, over a dirty ``out``."""
     from rnnkern.backends.numba.blas import gemm_function
     from rnnkern.kernels.numba.gemm import gemm
     a = rng.standard_normal((M, K)).astype(dtype)
