@@ -564,8 +564,9 @@ def backward_direction(cell, dy, dstate_n, tape):
             drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), dy,
             np.ascontiguousarray(w_hh), tape["lengths"], tape["reverse"], history, tape["saved"],
             carry, dgx, dgh, _workspace("dh_recurrent", (B, P), dtype), *projection)
-        dx, grads = weight_gradients(np, _matmul, _rows(x), _rows(history[0]), _rows(dgx),
-                                     _rows(dgh), w_ih)
+        dgx_rows = _rows(dgx)
+        dx, grads = weight_gradients(np, _matmul, _rows(x), _rows(history[0]), dgx_rows,
+                                     dgx_rows if dgh is dgx else _rows(dgh), w_ih)
         if w_hr is not None:     # dW_hr = sum_t dh_t^T m_t
             grads["weight_hr"] = _matmul(_rows(projection[3]).T, _rows(tape["m"]))
     return dx.reshape(T, B, I), carry, grads
