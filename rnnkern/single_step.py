@@ -5,6 +5,8 @@ c))`` for the ``LSTMCell``), as ``torch.nn.RNNCell/LSTMCell/GRUCell``.  It runs
 on the very kernels of the layers: one step is a layer-direction with
 ``T = 1``, handed to the backend the arrays select (``rnnkern.backends``)::
 
+    call      state' = step(cell, x, params, state)       inference: what the calls
+              share may be prepared once by the backend
     forward   y, state', saved = forward_direction(cell, x[None], params, state, None, False)
               state' is the answer (y[0] is h', the same values)
     backward  dx, dstate, grads = backward_direction(cell, 0, dstate', saved)
@@ -96,8 +98,12 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
 
     def __getstate__(self):
         state = super().__getstate__()
-        state["_checked_calls"] = {}        # holds modules (the namespaces): not pickled
+        del state["_checked_calls"]         # holds modules (the namespaces): not pickled
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._checked_calls = {}
 
     def _parameter_shapes(self):
         return self.cell.parameter_shapes(self.input_size, self.hidden_size, self.bias)

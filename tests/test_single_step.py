@@ -7,8 +7,10 @@ Every test runs once per registry cell: the public class of a cell is
 the gradients of.
 """
 
+import copy
 import itertools
 import os
+import pickle
 import shlex
 import shutil
 
@@ -303,6 +305,21 @@ def test_repeated_calls_are_the_forward_bit_for_bit(cell, rng):
                     np.testing.assert_array_equal(a, b, err_msg=f"H={H} {dtype} B={batch}")
                 for a, b in zip([x, *as_list(cell_obj, state)], given, strict=True):
                     np.testing.assert_array_equal(a, b)
+
+
+def test_cells_pickle_and_copy_after_calls(cell, rng):
+    """A cell remembers the checks of its calls (with the array namespaces, which do not
+    pickle): pickles and copies start with none and still check."""
+    cell_obj = make_cell(cell, 3, 4, seed=0)
+    x, state, _ = random_inputs(rng, cell_obj, 2, "float32")
+    expected = cell_obj(x, state)
+    for clone in (pickle.loads(pickle.dumps(cell_obj)), copy.deepcopy(cell_obj),
+                  copy.copy(cell_obj)):
+        for a, b in zip(as_list(clone, clone(x, state)), as_list(cell_obj, expected),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+        with pytest.raises(ValueError, match=r"x: expected shape \(\*, 3\)"):
+            clone(np.zeros((2, 5), np.float32), state)
 
 
 def test_inputs_and_parameters_are_not_modified(cell, rng):
