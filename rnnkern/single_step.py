@@ -5,10 +5,9 @@ c))`` for the ``LSTMCell``), as ``torch.nn.RNNCell/LSTMCell/GRUCell``.  It runs
 on the very kernels of the layers: one step is a layer-direction with
 ``T = 1``, handed to the backend the arrays select (``rnnkern.backends``)::
 
-    call      state' = step(cell, x, params, state)       inference: what the calls
-              share may be prepared once by the backend
-    forward   y, state', saved = forward_direction(cell, x[None], params, state, None, False)
-              state' is the answer (y[0] is h', the same values)
+    forward   state', saved = step(cell, x, params, state, keep=...)
+              forward_direction's for x[None] (state' is the answer, y[0] = h'), with
+              what the calls share prepared once by the backend where it pays
     backward  dx, dstate, grads = backward_direction(cell, 0, dstate', saved)
               the gradient of h' comes in as the final state's gradient, so
               dy (the same h' seen as the output) is zero
@@ -147,17 +146,12 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         states = tuple(self._batched_state(xp, s, batch, unbatched, x) for s in states)
         if unbatched:
             x = xp.reshape(x, (1, self.input_size))
-        direction = self._direction_parameters(xp, params, "", x)
-        if not keep:
-            return self._user_state(xp, backend.step(self.cell, x, direction, states),
-                                    unbatched), None
-        _, state_n, saved = backend.forward_direction(
-            self.cell, xp.reshape(x, (1, batch, self.input_size)), direction, states, None,
-            False, keep=True)
+        state_n, saved = backend.step(self.cell, x, self._direction_parameters(xp, params, "", x),
+                                      states, keep=keep)
         tape = Tape(self, saved, self._version, backend=backend, xp=xp, batch=batch,
                     unbatched=unbatched, x_shape=(self.input_size,) if unbatched else
-                    (batch, self.input_size), parameters=params)    # alive while the tape is
-        return self._user_state(xp, state_n, unbatched), tape
+                    (batch, self.input_size), parameters=params) if keep else None
+        return self._user_state(xp, state_n, unbatched), tape      # params: alive with the tape
 
     def _checked_call(self, x, states):
         """``(xp, batch, unbatched)`` of a call with ``x`` and ``states`` (None

@@ -7,12 +7,12 @@ inference step of a single-step cell::
         -> y, state_n, saved
     backward_direction(cell, dy, dstate_n, saved)
         -> dx, dstate0, grads
-    step(cell, x_t, params, state)
-        -> state_n          forward_direction's for x = x_t[None], no lengths,
-                            keep=False; x_t (B, I).  A single-step cell's user
-                            calls it once a time step, so a backend may prepare
-                            what the calls share; ``step_of`` makes it from
-                            forward_direction where nothing is worth preparing
+    step(cell, x_t, params, state, *, keep=False)
+        -> state_n, saved   forward_direction's for x = x_t[None] and no lengths;
+                            x_t (B, I).  A single-step cell's user calls it once
+                            a time step, so a backend may prepare what the calls
+                            share; ``step_of`` makes it from forward_direction
+                            where nothing is worth preparing
 
 with (all arrays of the backend's library and of one float dtype)::
 
@@ -52,10 +52,11 @@ __all__ = ["backend_for", "step_of", "time_order", "int32_lengths", "weight_grad
 
 def step_of(forward_direction):
     """The contract's ``step`` of a backend, run as a one-step ``forward_direction``."""
-    def step(cell, x, params, state):
+    def step(cell, x, params, state, *, keep=False):
         xp = array_api_compat.array_namespace(x)
-        return forward_direction(cell, xp.expand_dims(x, axis=0), params, state, None, False,
-                                 keep=False)[1]
+        _, state_n, saved = forward_direction(cell, xp.expand_dims(x, axis=0), params, state,
+                                              None, False, keep=keep)
+        return state_n, saved
     return step
 
 

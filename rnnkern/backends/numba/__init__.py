@@ -160,30 +160,34 @@ def forward_direction(cell, x, params, state, lengths, reverse, *, keep=True):
                                  saved, scratch, kept, plan.transposed_weights)
     if not keep:
         return y, state, None
-    # the parameter dict itself, not its arrays: TapeParameters.detach swaps them for copies
-    tape = {"x": x, "params": params, "lengths": lengths,
-            "reverse": reverse, "history": history, "saved": saved, "m": m}
-    return y, state, tape
+    return y, state, _tape(x, params, lengths, reverse, history, saved, m)
+
+
+def _tape(x, params, lengths, reverse, history, saved, m):
+    """What ``backward_direction`` reads of a forward.  ``params`` is the parameter dict
+    itself, not its arrays: ``TapeParameters.detach`` swaps them for copies."""
+    return {"x": x, "params": params, "lengths": lengths, "reverse": reverse,
+            "history": history, "saved": saved, "m": m}
 
 
 class _PreparedStep(typing.NamedTuple):
-    """What the inference steps of one (cell, batch, W_hh shape, dtype, path choice) share on
-    a thread: the plan and the general driver's arguments other than the arrays of a call."""
+    """What the steps of one (cell, batch, W_hh shape, dtype, path choice) share on a thread:
+    the plan and the general driver's arguments other than the arrays of a call."""
 
     plan: planner.Plan
     rows: drivers.CellRows
-    lengths: np.ndarray         # (B,) all 1
+    lengths: np.ndarray         # (B,) all 1; the tapes share it (nothing writes it)
     gx: np.ndarray              # (1, B, G*H) scratch
     gh: np.ndarray              # (B, G*H) scratch
     y: np.ndarray               # (1, B, H) scratch: the step's h is the state's
-    history: tuple              # (0, B, H) stand-ins: nothing is kept
-    saved: tuple                # one step of the cell's saved arrays, scratch
+    history: tuple              # (0, B, H) stand-ins: inference keeps nothing
+    saved: tuple                # one step of the cell's saved arrays: inference's scratch
 
 
-def step(cell, x, params, state):
-    """One inference step (``x`` (B, I); see ``rnnkern.backends``): ``forward_direction``'s
-    general driver at T = 1, with its set-up made once per (cell, batch, W_hh shape, dtype,
-    path choice) on each thread.
+def step(cell, x, params, state, *, keep=False):
+    """One step (``x`` (B, I); see ``rnnkern.backends``): ``forward_direction``'s general
+    driver at T = 1, with its set-up made once per (cell, batch, W_hh shape, dtype, path
+    choice) on each thread.
 
     A single-step cell's user calls this once a time step, and at B = 1, H = 256
     the set-up of a ``forward_direction`` call (its plan, scratch, stand-ins and
@@ -197,19 +201,26 @@ def step(cell, x, params, state):
     if prepared is None:
         prepared = _prepare_step(cell, key)
     plan = prepared.plan
+    x = np.ascontiguousarray(x).reshape((1,) + x.shape)
     if plan.path != "general" or plan.transposed_weights or "weight_hr" in params:
-        return forward_direction(cell, x[None], params, state, None, False, keep=False)[1]
+        _, state_n, saved = forward_direction(cell, x, params, state, None, False, keep=keep)
+        return state_n, saved
     state = tuple(_own_copy(s, dtype) for s in state)     # the driver carries them: the answer
-    x = np.ascontiguousarray(x)
+    if keep:                    # what the tape keeps: fresh
+        history = tuple(np.empty((1,) + s.shape, dtype) for s in state)
+        saved = tuple(np.empty_like(s) for s in prepared.saved)
+    else:
+        history, saved = prepared.history, prepared.saved
     with _cores_held() if plan.one_blas_thread else contextlib.nullcontext():
         drivers.forward_sequence(
-            prepared.rows, gemm_function(dtype), x.reshape((1,) + x.shape),
-            np.ascontiguousarray(params["weight_ih"]), np.ascontiguousarray(params["bias_ih"]),
-            prepared.gx, np.ascontiguousarray(w_hh), _NONE_2D[dtype],
-            np.ascontiguousarray(params["bias_hh"]), prepared.lengths, False, False, state,
-            prepared.y, prepared.history, prepared.saved, prepared.gh, _NONE_2D[dtype],
+            prepared.rows, gemm_function(dtype), x, np.ascontiguousarray(params["weight_ih"]),
+            np.ascontiguousarray(params["bias_ih"]), prepared.gx, np.ascontiguousarray(w_hh),
+            _NONE_2D[dtype], np.ascontiguousarray(params["bias_hh"]), prepared.lengths, False,
+            keep, state, prepared.y, history, saved, prepared.gh, _NONE_2D[dtype],
             _NONE_2D[dtype], state, prepared.y, _NONE_2D[dtype])
-    return state
+    if not keep:
+        return state, None
+    return state, _tape(x, params, prepared.lengths, False, history, saved, None)
 
 
 def _prepare_step(cell, key):
