@@ -171,8 +171,8 @@ def _tape(x, params, lengths, reverse, history, saved, m):
 
 
 class _PreparedStep(typing.NamedTuple):
-    """What the steps of one (cell, batch, W_hh shape, dtype, path choice) share on a thread:
-    the plan and the general driver's arguments other than the arrays of a call."""
+    """What the steps of one (cell, batch, W_hh shape, dtype, planner setting) share on a
+    thread: the plan and the general driver's arguments other than the arrays of a call."""
 
     plan: planner.Plan
     rows: drivers.CellRows
@@ -186,17 +186,19 @@ class _PreparedStep(typing.NamedTuple):
 
 def step(cell, x, params, state, *, keep=False):
     """One step (``x`` (B, I); see ``rnnkern.backends``): ``forward_direction``'s general
-    driver at T = 1, with its set-up made once per (cell, batch, W_hh shape, dtype, path
-    choice) on each thread.
+    driver at T = 1, with its set-up made once per (cell, batch, W_hh shape, dtype, planner
+    setting) on each thread.
 
     A single-step cell's user calls this once a time step, and at B = 1, H = 256
     the set-up of a ``forward_direction`` call (its plan, scratch, stand-ins and
     their checks) took longer than the step's two GEMVs and row.  A plan that
     is not the plain general driver (a forced split) runs ``forward_direction``.
+    The plan is made once per kind and ``planner.setting()``: at T = 1 it follows
+    from the shapes unless a path is forced or the thresholds are changed.
     """
     dtype = x.dtype
     w_hh = params["weight_hh"]
-    key = (cell, x.shape[0], w_hh.shape, dtype, planner.path_choice())
+    key = (cell, x.shape[0], w_hh.shape, dtype, planner.setting())
     prepared = _WORKSPACES.steps.get(key)
     if prepared is None:
         prepared = _prepare_step(cell, key)

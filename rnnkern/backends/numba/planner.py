@@ -59,8 +59,8 @@ from ..paths import PathSetting, PlanLog
 
 __all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "SPLIT_MIN_WEIGHT_BYTES", "SPLIT_MIN_STEPS",
            "TRANSPOSE_MIN_STEPS", "MAX_WORKERS", "ONE_WORKER_MAX_BATCH", "Plan", "use_path",
-           "path_choice", "usable_cores", "other_threads_running", "policy", "plan_direction",
-           "recent_paths"]
+           "path_choice", "setting", "usable_cores", "other_threads_running", "policy",
+           "plan_direction", "recent_paths"]
 
 #: What ``use_path`` and ``$RNNKERN_CPU_PATH`` accept.
 PATHS = ("auto", "split", "general")
@@ -326,6 +326,12 @@ def _copies_w_hh_t(batch, steps, transpose_min_steps):
 def _thresholds():
     """The module's thresholds, read at each plan (tests and users may change them)."""
     return (SPLIT_MIN_STEP_FLOPS, SPLIT_MIN_WEIGHT_BYTES, SPLIT_MIN_STEPS, TRANSPOSE_MIN_STEPS)
+
+
+def setting() -> tuple:
+    """What a plan follows from besides the shapes and the machine's state: the path asked
+    for, the workers forced with it and the thresholds (hashable; a key for plans kept)."""
+    return path_choice(), _SETTING.forced_options().get("workers"), _thresholds()
 
 
 @functools.lru_cache(maxsize=1024)
