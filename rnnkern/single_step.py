@@ -155,33 +155,62 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
 
     def _checked_call(self, x, states):
         """``(xp, batch, unbatched)`` of a call with ``x`` and ``states`` (None
-        entries: zeros), or the error naming the argument.
+        entries: zeros), or the error naming the argument."""
+        def check():
+            names = self._state_argument_names("state")
+            xp = namespace_of(x, *states, names=["x", *names])
+            v.check_array("x", x, (1, 2), self.dtype,
+                          (None,) * (x.ndim - 1) + (self.input_size,))
+            unbatched = x.ndim == 1
+            batch = 1 if unbatched else x.shape[0]
+            self._check_states(states, names, batch, unbatched)
+            return xp, batch, unbatched
+        return self._remembered("call", (x, *states), check)
 
-        The answer follows from the arrays' types, shapes, dtypes and devices and
-        the layer's dtype and device, so it is remembered by them: a cell called
-        once a time step checks its arguments' kind once.
+    def _checked_gradients(self, dstate, context):
+        """``(xp, dy)`` of a backward with ``dstate`` (None entries: zeros) through a tape of
+        ``context``, ``dy`` the zero gradient of the step's output; or the error naming
+        the argument."""
+        batch, unbatched, backend = context["batch"], context["unbatched"], context["backend"]
+
+        def check():
+            names = self._state_argument_names("dstate")
+            given = [(name, d) for name, d in zip(names, dstate) if d is not None]
+            xp = context["xp"]
+            if given:
+                xp = namespace_of(*(d for _, d in given), names=[name for name, _ in given])
+                if backend_for(xp) is not backend:
+                    raise TypeError(f"{given[0][0]}: expected an array of the library the tape "
+                                    f"was recorded with ({backend.__name__.rsplit('.', 1)[-1]}), "
+                                    f"got {describe(given[0][1])}")
+            self._check_states(dstate, names, batch, unbatched)
+            device = (array_api_compat.device(given[0][1]) if given
+                      else self._device_of(xp))
+            return xp, xp.zeros((1, batch, self.hidden_size), dtype=getattr(xp, self.dtype),
+                                device=device)
+        return self._remembered(("backward", context["xp"], backend, batch, unbatched), dstate,
+                                check)
+
+    def _remembered(self, kind, arrays, check):
+        """``check()``'s answer for a call of ``kind`` with ``arrays``, remembered.
+
+        The checks follow from the arrays' types, shapes, dtypes and devices and
+        the cell's dtype and device, so their answers are kept by those: a cell
+        called once a time step checks each kind of arguments once.
         """
         try:
-            signature = (self.dtype, self.device) + tuple(
-                None if a is None else (type(a), a.shape, a.dtype, a.device)
-                for a in (x, *states))
-            checked = self._checked_calls.get(signature)
+            signature = (kind, self.dtype, self.device) + tuple(
+                None if a is None else (type(a), a.shape, a.dtype, a.device) for a in arrays)
+            answer = self._checked_calls.get(signature)
         except (AttributeError, TypeError):     # not arrays, or nothing hashable to key by
-            signature, checked = None, None
-        if checked is not None:
-            return checked
-        names = self._state_argument_names("state")
-        xp = namespace_of(x, *states, names=["x", *names])
-        v.check_array("x", x, (1, 2), self.dtype, (None,) * (x.ndim - 1) + (self.input_size,))
-        unbatched = x.ndim == 1
-        batch = 1 if unbatched else x.shape[0]
-        self._check_states(states, names, batch, unbatched)
-        checked = (xp, batch, unbatched)
-        if signature is not None:
-            if len(self._checked_calls) >= _CHECKED_CALLS_KEPT:
-                self._checked_calls.clear()
-            self._checked_calls[signature] = checked
-        return checked
+            signature, answer = None, None
+        if answer is None:
+            answer = check()
+            if signature is not None:
+                if len(self._checked_calls) >= _CHECKED_CALLS_KEPT:
+                    self._checked_calls.clear()
+                self._checked_calls[signature] = answer
+        return answer
 
     # ------------------------------------------------------------------ states
 
@@ -231,22 +260,12 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         """
         check_tape(tape, self)
         context = tape.context
-        names = self._state_argument_names("dstate")
         dstate = self._split_state(dstate, "dstate")
-        backend, xp = context["backend"], context["xp"]
-        given = [(name, d) for name, d in zip(names, dstate) if d is not None]
-        if given:
-            xp = namespace_of(*(d for _, d in given), names=[name for name, _ in given])
-            if backend_for(xp) is not backend:
-                raise TypeError(f"{given[0][0]}: expected an array of the library the tape was "
-                                f"recorded with ({backend.__name__.rsplit('.', 1)[-1]}), "
-                                f"got {describe(given[0][1])}")
-        batch, unbatched = context["batch"], context["unbatched"]
-        self._check_states(dstate, names, batch, unbatched)
-        like = given[0][1] if given else None
+        # dy: the zero gradient of h' seen as the step's output (backends never write inputs)
+        xp, dy = self._checked_gradients(dstate, context)
+        batch, unbatched, backend = context["batch"], context["unbatched"], context["backend"]
+        like = next((d for d in dstate if d is not None), None)
         dstate = tuple(self._batched_state(xp, d, batch, unbatched, like) for d in dstate)
-        dy = xp.zeros((1, batch, self.hidden_size), dtype=dstate[0].dtype,
-                      device=array_api_compat.device(dstate[0]))
         dx, dstate0, grads = backend.backward_direction(self.cell, dy, dstate, tape.saved)
         grads = {name: grads[name] for name in self._params}    # none for biases without bias
         return (xp.reshape(dx, context["x_shape"]), self._user_state(xp, dstate0, unbatched),

@@ -426,6 +426,9 @@ def test_bad_gradients_and_tapes(cell, rng):
     _, tape = cell_obj.forward(x, state)
     first = "dstate" if cell.num_states == 1 else "dstate h"
     wrong = lambda f: as_state(cell_obj, [f(d) for d in as_list(cell_obj, dstate)])  # noqa: E731
+    good = cell_obj.backward(dstate, tape)      # good calls first: their checks are remembered
+    zero = cell_obj.backward(None, tape)
+    np.testing.assert_array_equal(zero[0], np.zeros_like(x))
     for bad, error, match in [
         (wrong(lambda d: d[:1]), ValueError, rf"{first}: expected shape \(2, 4\)"),
         (wrong(lambda d: d.astype(np.float64)), TypeError, f"{first}: expected dtype float32"),
@@ -436,6 +439,8 @@ def test_bad_gradients_and_tapes(cell, rng):
             cell_obj.backward(bad, tape)
     with pytest.raises(TypeError, match="tape: expected the Tape"):
         cell_obj.backward(dstate, None)
+    for a, b in zip(cell_obj.backward(dstate, tape)[2].values(), good[2].values(), strict=True):
+        np.testing.assert_array_equal(a, b)     # the zero dy it keeps stayed zero
     other = make_cell(cell, 3, 4, seed=0)
     with pytest.raises(ValueError, match="tape: it was recorded by another layer"):
         other.backward(dstate, tape)
