@@ -46,7 +46,7 @@ from .validation import describe
 __all__ = ["RecurrentCell", "RNNCell", "LSTMCell", "GRUCell"]
 
 
-#: The kinds of calls whose checks a cell remembers (``RecurrentCell._checked_call``).
+#: The kinds of arguments whose checks a cell remembers (``RecurrentCell._remembered``).
 _CHECKED_CALLS_KEPT = 16
 
 
@@ -93,7 +93,7 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         check_device(device)
         v.check_seed("seed", seed)
         self._init_parameters(self._initial_parameters(np.random.default_rng(seed)), dtype, device)
-        self._checked_calls = {}    # what _checked_call found, by the arguments' kinds
+        self._checked_calls = {}    # what _remembered keeps: checks by the arguments' kinds
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -150,8 +150,9 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
                                       states, keep=keep)
         tape = Tape(self, saved, self._version, backend=backend, xp=xp, batch=batch,
                     unbatched=unbatched, x_shape=(self.input_size,) if unbatched else
-                    (batch, self.input_size), parameters=params) if keep else None
-        return self._user_state(xp, state_n, unbatched), tape      # params: alive with the tape
+                    (batch, self.input_size),
+                    parameters=params) if keep else None        # params: alive with the tape
+        return self._user_state(xp, state_n, unbatched), tape
 
     def _checked_call(self, x, states):
         """``(xp, batch, unbatched)`` of a call with ``x`` and ``states`` (None

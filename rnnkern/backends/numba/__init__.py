@@ -92,7 +92,7 @@ class _ThreadWorkspaces(threading.local):
         self.buffers = {}
         self.views = {}
         self.carved = {}
-        self.steps = {}             # the inference steps prepared on this thread (step)
+        self.steps = {}             # the steps prepared on this thread (step)
 
 
 _WORKSPACES = _ThreadWorkspaces()
