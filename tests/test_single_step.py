@@ -315,6 +315,31 @@ def test_repeated_steps_are_forward_direction(cell, rng):
                     np.testing.assert_array_equal(a, b)
 
 
+def test_steps_with_big_scratch_are_not_kept(cell, rng, monkeypatch):
+    """A kind of step whose scratch is over the workspace limit runs forward_direction
+    and keeps nothing prepared (a thread of its own: prepared steps are per thread)."""
+    import threading
+
+    import rnnkern.backends.numba as numba_backend
+
+    monkeypatch.setattr(numba_backend, "WORKSPACE_LIMIT_BYTES", 0)
+    cell_obj = make_cell(cell, 3, 4, dtype="float64", seed=1)
+    x, state, _ = random_inputs(rng, cell_obj, 2, "float64")
+    expected = as_list(cell_obj, cell_obj.forward(x, state)[0])
+    results = {}
+
+    def run():
+        results["called"] = as_list(cell_obj, cell_obj(x, state))
+        results["kept"] = list(numba_backend._WORKSPACES.steps.values())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert results["kept"] == [numba_backend._NOT_PREPARED]
+    for a, b in zip(results["called"], expected, strict=True):
+        assert_close(a, b, "float64", "state")
+
+
 def test_cells_pickle_and_copy_after_calls(cell, rng):
     """A cell remembers the checks of its calls (with the array namespaces, which do not
     pickle): pickles and copies start with none and still check."""

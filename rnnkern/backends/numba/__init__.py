@@ -192,8 +192,9 @@ def step(cell, x, params, state, *, keep=False):
     A single-step cell's user calls this once a time step, and at B = 1, H = 256
     the set-up of a ``forward_direction`` call (its plan, scratch, stand-ins and
     their checks) took longer than the step's two GEMVs and row.  A plan that
-    is not the plain general driver (a forced split) runs ``forward_direction``.
-    The plan is made once per kind and ``planner.setting()``: at T = 1 it follows
+    is not the plain general driver (a forced split), and a step whose scratch
+    would be over ``WORKSPACE_LIMIT_BYTES``, run ``forward_direction``.  The
+    plan is made once per kind and ``planner.setting()``: at T = 1 it follows
     from the shapes unless a path is forced or the thresholds are changed.
     """
     dtype = x.dtype
@@ -202,11 +203,11 @@ def step(cell, x, params, state, *, keep=False):
     prepared = _WORKSPACES.steps.get(key)
     if prepared is None:
         prepared = _prepare_step(cell, key)
-    plan = prepared.plan
     x = np.ascontiguousarray(x).reshape((1,) + x.shape)
-    if plan.path != "general" or plan.transposed_weights or "weight_hr" in params:
+    if prepared is _NOT_PREPARED or "weight_hr" in params:
         _, state_n, saved = forward_direction(cell, x, params, state, None, False, keep=keep)
         return state_n, saved
+    plan = prepared.plan
     state = tuple(_own_copy(s, dtype) for s in state)     # the driver carries them: the answer
     if keep:                    # what the tape keeps: fresh
         history = tuple(np.empty((1,) + s.shape, dtype) for s in state)
@@ -226,19 +227,31 @@ def step(cell, x, params, state, *, keep=False):
 
 
 def _prepare_step(cell, key):
-    """The :class:`_PreparedStep` of ``key`` (see ``step``), kept for this thread."""
+    """The :class:`_PreparedStep` of ``key`` (see ``step``), kept for this thread; or
+    ``_NOT_PREPARED`` where its plan is not the plain general driver, or its scratch is
+    over :data:`WORKSPACE_LIMIT_BYTES` (such steps run ``forward_direction``)."""
     _, B, (GH, _), dtype, _ = key
     H = GH // cell.num_gates
     plan = planner.plan_direction(cell, dtype, B, H, projected=False, steps=1)
-    empty = lambda *shape: np.empty(shape, dtype)      # noqa: E731
-    prepared = _PreparedStep(
-        plan, drivers.CellRows(cell.kernels["numba"]), np.ones(B, np.int32), empty(1, B, GH),
-        empty(B, GH), empty(1, B, H), tuple(empty(0, B, H) for _ in cell.state_names),
-        tuple(empty(1, B, s.width * H) for s in cell.saved))
-    if len(_WORKSPACES.steps) >= _MAX_VIEWS:            # many shapes: start over
+    scratch_bytes = B * (2 * GH + H + sum(s.width for s in cell.saved) * H) * dtype.itemsize
+    if plan.path != "general" or plan.transposed_weights or scratch_bytes > WORKSPACE_LIMIT_BYTES:
+        prepared = _NOT_PREPARED
+    else:
+        empty = lambda *shape: np.empty(shape, dtype)      # noqa: E731
+        prepared = _PreparedStep(
+            plan, drivers.CellRows(cell.kernels["numba"]), np.ones(B, np.int32),
+            empty(1, B, GH), empty(B, GH), empty(1, B, H),
+            tuple(empty(0, B, H) for _ in cell.state_names),
+            tuple(empty(1, B, s.width * H) for s in cell.saved))
+    if len(_WORKSPACES.steps) >= STEP_KINDS_KEPT:       # many kinds: start over
         _WORKSPACES.steps = {}
     _WORKSPACES.steps[key] = prepared
     return prepared
+
+
+_NOT_PREPARED = object()
+STEP_KINDS_KEPT = 32
+"""Kinds of steps (``step``) a thread keeps prepared; their scratch is a few steps' worth."""
 
 
 def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history, saved, scratch,
