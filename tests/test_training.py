@@ -285,6 +285,53 @@ def test_many_to_one_model_summary_and_gradients():
         np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-8, atol=1e-14)
 
 
+class _Doubling:
+    """A layer of the user's own: the Sequential protocol's methods, no ``__call__``."""
+
+    def forward(self, x):
+        return 2 * x, None
+
+    def backward(self, dy, tape):
+        return 2 * dy, {}
+
+    def parameters(self):
+        return {}
+
+    def load_state_dict(self, state_dict):
+        pass
+
+    def output_shape(self, input_shape):
+        return input_shape
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_inference_calls_are_forward_without_tapes(dropout):
+    """``layer(x)`` and ``model(x, states)`` give what ``forward`` gives, keep no tape (the
+    parameters stay writable) and draw the same dropout masks in training mode."""
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 11, (6, 3))
+    states = [(rng.standard_normal((2, 3, 7)).astype("float32"),
+               rng.standard_normal((2, 3, 7)).astype("float32")), None]
+    runs = []
+    for _ in range(2):                      # twin models: the same dropout stream each
+        model = Sequential(Embedding(11, 5, seed=0), _Doubling(),
+                           rk.LSTM(5, 7, num_layers=2, dropout=dropout, seed=1),
+                           rk.GRU(7, 4, seed=2), Dense(4, 3, seed=3), LastTimestep())
+        runs.append(model)
+    forward_y, forward_states, tape = runs[0].forward(ids, states)
+    del tape
+    y, new_states = runs[1](ids, states)
+    np.testing.assert_array_equal(y, forward_y)
+    flat = lambda s: [a for state in s for a in (state if isinstance(state, tuple) else [state])]
+    for a, b in zip(flat(new_states), flat(forward_states), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(p.flags.writeable for p in runs[1].parameters().values())
+    for layer, x in [(runs[1].layers[0], ids),
+                     (runs[1].layers[4], rng.standard_normal((2, 4)).astype("float32")),
+                     (runs[1].layers[5], rng.standard_normal((4, 2, 3)))]:
+        np.testing.assert_array_equal(layer(x), layer.forward(x)[0])
+
+
 def test_sequential_load_state_dict_is_all_or_nothing():
     model = char_lm(9, 6)
     before = model.state_dict()

@@ -164,11 +164,11 @@ class BatchModel:
             if layer is self.recurrent:
                 x, state = layer(x, None, lengths)
             else:
-                x, _ = layer.forward(x)
+                x = layer(x)
         if not self.final_state:
             return x
         xp = array_api_compat.array_namespace(x)
-        return self.head.forward(self._final_features(xp, state))[0]
+        return self.head(self._final_features(xp, state))
 
     def _final_features(self, xp, state):
         """``(B, D*H)``: the last layer's final hidden state(s), directions concatenated."""

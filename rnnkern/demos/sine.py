@@ -100,7 +100,7 @@ def run(args) -> int:
         if step % report_every == 0 or step == args.steps:
             print(f"step {step:5d}   training MSE {float(loss):.6f}")
 
-    test_prediction, _, _ = model.forward(test_x)
+    test_prediction, _ = model(test_x)
     test_mse = float(mean_squared_error(test_prediction, test_y)[0])
     naive_mse = float(mean_squared_error(test_x[:, -1, :], test_y)[0])
     print(f"\ntest MSE {test_mse:.6f} (RMSE {math.sqrt(test_mse):.4f}) on {len(targets) - split} "

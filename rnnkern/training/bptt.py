@@ -109,7 +109,7 @@ def evaluate_loss(model, streams, seq_len):
     """
     total, count, states = 0.0, 0, None
     for inputs, targets in bptt_chunks(streams, seq_len):
-        logits, states, _ = model.forward(inputs, states)
+        logits, states = model(inputs, states)          # inference: no tapes
         loss, _ = softmax_cross_entropy(logits, targets)
         tokens = targets.shape[0] * targets.shape[1]
         total += float(loss) * tokens

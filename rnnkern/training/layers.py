@@ -1,7 +1,8 @@
 r"""Layers around the recurrent ones: ``Embedding``, ``Dense``, ``LastTimestep``, ``Sequential``.
 
-Every layer here has the same two calls::
+Every layer here has the same three calls::
 
+    y = layer(x)                               # inference: no tape
     y, tape = layer.forward(x)
     dx, grads = layer.backward(dy, tape)       # grads: dict, state_dict names
 
@@ -61,14 +62,23 @@ class Embedding(ParameterLayer):
         """``input_shape + (E,)``."""
         return tuple(input_shape) + (self.embedding_dim,)
 
+    def __call__(self, ids):
+        """Look up ``ids`` (integer array of any shape): inference, no tape."""
+        return self._lookup(ids)[0]
+
     def forward(self, ids):
         """Look up ``ids`` (integer array of any shape); return ``(y, tape)``."""
+        y, flat = self._lookup(ids)
+        return y, Tape(self, flat)
+
+    def _lookup(self, ids):
+        """``(y, the ids flattened)``: the rows of W named by ``ids``."""
         xp = namespace_of(ids, names=["ids"])
         weight = self._parameters_for(xp, "ids")["weight"]
         _check_token_ids("ids", xp, ids, self.num_embeddings)
         flat = xp.reshape(ids, (-1,))
         y = xp.take(weight, flat, axis=0)
-        return xp.reshape(y, tuple(ids.shape) + (self.embedding_dim,)), Tape(self, flat)
+        return xp.reshape(y, tuple(ids.shape) + (self.embedding_dim,)), flat
 
     def backward(self, dy, tape):
         """Return ``(None, {"weight": dW})``: ids have no gradient."""
@@ -120,16 +130,27 @@ class Dense(ParameterLayer):
         """``input_shape[:-1] + (out_features,)``."""
         return tuple(input_shape)[:-1] + (self.out_features,)
 
+    def __call__(self, x):
+        """``y = x V^T + b`` on the last axis of ``x`` (``(..., in_features)``): inference,
+        no tape."""
+        return self._affine(x, for_tape=False)[0]
+
     def forward(self, x):
-        """``y = x V^T + b`` on the last axis of ``x`` (``(..., in_features)``)."""
+        """``y = x V^T + b`` on the last axis of ``x`` (``(..., in_features)``); return
+        ``(y, tape)``."""
+        y, params = self._affine(x, for_tape=True)      # the tape keeps V for the backward's dx
+        return y, Tape(self, (x, params))
+
+    def _affine(self, x, *, for_tape):
+        """``(y, the parameters it ran with)``."""
         xp = namespace_of(x, names=["x"])
-        params = self._parameters_for(xp, "x", for_tape=True)     # V for the backward's dx
+        params = self._parameters_for(xp, "x", for_tape=for_tape)
         v.check_array("x", x, x.ndim, self.dtype, (None,) * (x.ndim - 1) + (self.in_features,))
         rows = xp.reshape(x, (-1, self.in_features))        # one 2-D GEMM (BLAS) for all rows
         y = xp.matmul(rows, xp.permute_dims(params["weight"], (1, 0)))
         if self.bias:
             y = y + params["bias"]
-        return xp.reshape(y, tuple(x.shape)[:-1] + (self.out_features,)), Tape(self, (x, params))
+        return xp.reshape(y, tuple(x.shape)[:-1] + (self.out_features,)), params
 
     def backward(self, dy, tape):
         """Return ``(dx, {"weight": dV, "bias": db})``."""
@@ -180,12 +201,15 @@ class LastTimestep:
         shape = tuple(input_shape)
         return shape[:1] + shape[2:] if self.batch_first else shape[1:]
 
-    def forward(self, x):
+    def __call__(self, x):
+        """The last step of ``x``: inference, no tape."""
         namespace_of(x, names=["x"])
         if x.ndim != 3:
             raise ValueError(f"x: expected a 3-D sequence array, got {describe(x)}")
-        y = x[:, -1, :] if self.batch_first else x[-1, ...]
-        return y, Tape(self, tuple(x.shape))
+        return x[:, -1, :] if self.batch_first else x[-1, ...]
+
+    def forward(self, x):
+        return self(x), Tape(self, tuple(x.shape))
 
     def backward(self, dy, tape):
         check_tape(tape, self)
@@ -278,6 +302,24 @@ class Sequential:
         for layer in self.layers:
             layer.to(device)
         return self
+
+    def __call__(self, x, states=None, lengths=None):
+        """Run the chain for inference (no tapes): return ``(y, states)``.
+
+        As ``forward`` without the tape, as ``y, state = layer(x, state)`` is for a
+        recurrent layer (dropout still follows ``train()``/``eval()``, as in torch);
+        what a generation loop calls once a step.  A layer of the user's own without
+        ``__call__`` runs its ``forward`` and drops the tape.
+        """
+        states = self._checked_states(states, "states")
+        new_states = []
+        for layer in self.layers:
+            if isinstance(layer, RecurrentLayer):
+                x, state = layer(x, states[len(new_states)], lengths)
+                new_states.append(state)
+            else:
+                x = layer(x) if callable(layer) else layer.forward(x)[0]
+        return x, new_states
 
     def forward(self, x, states=None, lengths=None):
         """Run the chain; return ``(y, states, tape)``.

@@ -84,7 +84,7 @@ def generate(model, prompt_ids, length, *, temperature=1.0, rng=None, states=Non
     tokens = xp.asarray(np.reshape(prompt.astype(np.int64), (-1, 1)), device=device)
     generated = []
     for _ in range(length):
-        logits, states, _ = model.forward(tokens, states)
+        logits, states = model(tokens, states)          # inference: no tapes
         token = sample_with_temperature(logits[-1, 0, :], temperature, rng)
         generated.append(int(token))
         tokens = xp.reshape(xp.astype(token, xp.int64), (1, 1))
