@@ -26,7 +26,7 @@ import numpy as np
 from rnnkern.bench.shapes import (CELLS, DTYPES, all_shapes, parse_shape, shapes_for,
                                   single_step_shapes)
 from rnnkern.bench.workers import first_call_seconds
-from rnnkern.bench.workloads import RnnkernWorkload
+from rnnkern.bench.workloads import RnnkernWorkload, make_layer
 from rnnkern.devices import cuda_unavailable_reason
 
 #: asv parameter values of record, named by array library (append-only history;
@@ -118,6 +118,39 @@ class SingleStepTime:
                   else np.ones_like(state))
         for tape in reversed(tapes):
             _, dstate, _ = step.backward(dstate, tape)
+
+
+class GenerationTime:
+    """Wall time of a generation loop on NumPy arrays: ``Sequential(Embedding(V, I), <cell>
+    layer (I, H), Dense(H, V))`` fed one token a step for ``TOKENS`` steps, the states
+    carried, through the inference call (``model(ids, states)``: no tapes) as
+    ``rnnkern.training.generate`` runs it, greedy; B sequences at once, at
+    ``SINGLE_STEP_SHAPES`` (T = 1)."""
+
+    params = [CELLS, DTYPES, [str(shape) for shape in single_step_shapes()]]
+    param_names = ["cell", "dtype", "shape"]
+    timeout = 120
+    TOKENS = 16
+    VOCABULARY = 96
+
+    def setup(self, cell, dtype, shape):
+        from rnnkern.training import Dense, Embedding, Sequential
+
+        shape = parse_shape(shape)
+        self.model = Sequential(Embedding(self.VOCABULARY, shape.I, dtype=dtype, seed=0),
+                                make_layer(cell, shape, dtype, "cpu", seed=1),
+                                Dense(shape.H, self.VOCABULARY, dtype=dtype, seed=2))
+        self.first_ids = np.random.default_rng(0).integers(0, self.VOCABULARY, (1, shape.B))
+        self._generate()                    # compiles
+
+    def time_generation_loop(self, cell, dtype, shape):
+        self._generate()
+
+    def _generate(self):
+        ids, states = self.first_ids, None
+        for _ in range(self.TOKENS):
+            logits, states = self.model(ids, states)
+            ids = np.argmax(logits, axis=-1)
 
 
 class SubnormalTime:
