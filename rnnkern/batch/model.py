@@ -158,17 +158,12 @@ class BatchModel:
         return grads
 
     def infer(self, x, lengths=None):
-        """Outputs without tapes (inference), ``x`` time-major."""
-        state = None
-        for layer in self.body.layers:
-            if layer is self.recurrent:
-                x, state = layer(x, None, lengths)
-            else:
-                x = layer(x)
+        """``forward``'s ``out`` without tapes (inference), ``x`` time-major."""
+        y, states = self.body(x, None, lengths)
         if not self.final_state:
-            return x
-        xp = array_api_compat.array_namespace(x)
-        return self.head(self._final_features(xp, state))
+            return y
+        xp = array_api_compat.array_namespace(y)
+        return self.head(self._final_features(xp, states[-1]))
 
     def _final_features(self, xp, state):
         """``(B, D*H)``: the last layer's final hidden state(s), directions concatenated."""
