@@ -223,12 +223,10 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
                 v.check_array(name, s, len(shape), self.dtype, shape)
 
     def _batched_state(self, xp, s, batch, unbatched, like):
-        """A checked state argument as ``(B, H)``; for None zeros on the device of the array
-        ``like`` (None: of the parameters)."""
+        """A checked state argument as ``(B, H)``; for None zeros on the device of ``like``."""
         if s is None:
-            device = self._device_of(xp) if like is None else array_api_compat.device(like)
             return xp.zeros((batch, self.hidden_size), dtype=getattr(xp, self.dtype),
-                            device=device)
+                            device=array_api_compat.device(like))
         return xp.reshape(s, (1, self.hidden_size)) if unbatched else s
 
     def _user_state(self, xp, states, unbatched):
@@ -265,8 +263,7 @@ class RecurrentCell(RegistryCellMixin, ParameterLayer):
         # dy: the zero gradient of h' seen as the step's output (backends never write inputs)
         xp, dy = self._checked_gradients(dstate, context)
         batch, unbatched, backend = context["batch"], context["unbatched"], context["backend"]
-        like = next((d for d in dstate if d is not None), None)
-        dstate = tuple(self._batched_state(xp, d, batch, unbatched, like) for d in dstate)
+        dstate = tuple(self._batched_state(xp, d, batch, unbatched, dy) for d in dstate)
         dx, dstate0, grads = backend.backward_direction(self.cell, dy, dstate, tape.saved)
         grads = {name: grads[name] for name in self._params}    # none for biases without bias
         return (xp.reshape(dx, context["x_shape"]), self._user_state(xp, dstate0, unbatched),
