@@ -198,8 +198,7 @@ def step(cell, x, params, state, *, keep=False):
     from the shapes unless a path is forced or the thresholds are changed.
     """
     dtype = x.dtype
-    w_hh = params["weight_hh"]
-    key = (cell, x.shape[0], w_hh.shape, dtype, planner.setting())
+    key = (cell, x.shape[0], params["weight_hh"].shape, dtype, planner.setting())
     prepared = _WORKSPACES.steps.get(key)
     if prepared is None:
         prepared = _prepare_step(cell, key)
@@ -215,12 +214,9 @@ def step(cell, x, params, state, *, keep=False):
     else:
         history, saved = prepared.history, prepared.saved
     with _cores_held() if plan.one_blas_thread else contextlib.nullcontext():
-        drivers.forward_sequence(
-            prepared.rows, gemm_function(dtype), x, np.ascontiguousarray(params["weight_ih"]),
-            np.ascontiguousarray(params["bias_ih"]), prepared.gx, np.ascontiguousarray(w_hh),
-            _NONE_2D[dtype], np.ascontiguousarray(params["bias_hh"]), prepared.lengths, False,
-            keep, state, prepared.y, history, saved, prepared.gh, _NONE_2D[dtype],
-            _NONE_2D[dtype], state, prepared.y, _NONE_2D[dtype])
+        _forward_sequence(prepared.rows, x, params, prepared.gx, _NONE_2D[dtype],
+                          prepared.lengths, False, keep, state, prepared.y, history, saved,
+                          prepared.gh)
     if not keep:
         return state, None
     return state, _tape(x, params, prepared.lengths, False, history, saved, None)
@@ -263,33 +259,45 @@ def _general_forward(cell, x, params, lengths, reverse, keep, state, y, history,
     ``W_hh^T`` and ``W_hr^T`` (see the planner), else by the transposed views (the
     driver's argument types are the same either way: one compiled driver).
     """
-    w_hh, w_hr = params["weight_hh"], params.get("weight_hr")
+    w_hr = params.get("weight_hr")
     T, B, _ = x.shape
-    GH, P = w_hh.shape
+    GH, P = params["weight_hh"].shape
     H = state[-1].shape[1]
     dtype = x.dtype
     S = T if keep else 1
 
-    def weights(w, role):
-        """``w`` C-contiguous, and its transposed copy or the (0, 0) stand-in (the driver
-        then multiplies by ``w.T``)."""
-        w = np.ascontiguousarray(w)
-        return w, (_transposed_copy(w, scratch, role) if transposed_weights
-                   else _NONE_2D[dtype])
+    def transposed(w, role):
+        """The C-contiguous copy of ``w.T``, or the (0, 0) stand-in (the driver then
+        multiplies by ``w.T``)."""
+        return (_transposed_copy(np.ascontiguousarray(w), scratch, role) if transposed_weights
+                else _NONE_2D[dtype])
 
-    if w_hr is None:
-        projection = (_NONE_2D[dtype], _NONE_2D[dtype], state, y, _NONE_2D[dtype])
-    else:                        # the rows write m_t = o tanh(c_t); the driver projects it
+    projection = None
+    if w_hr is not None:         # the rows write m_t = o tanh(c_t); the driver projects it
         m = np.zeros((B, H), dtype)
-        projection = weights(w_hr, "w_hr_t") + ((m,) + state[1:], kept("m", (S, B, H)),
-                                                 scratch("projected", (B, P)))
+        projection = (np.ascontiguousarray(w_hr), transposed(w_hr, "w_hr_t"),
+                      (m,) + state[1:], kept("m", (S, B, H)), scratch("projected", (B, P)))
+    _forward_sequence(drivers.CellRows(cell.kernels["numba"]), x, params,
+                      scratch("gx", (T, B, GH)), transposed(params["weight_hh"], "w_hh_t"),
+                      lengths, reverse, keep, state, y, history, saved, scratch("gh", (B, GH)),
+                      projection)
+    return None if projection is None else projection[3]         # m_t of every step
+
+
+def _forward_sequence(rows, x, params, gx, w_hh_t, lengths, reverse, keep, state, y, history,
+                      saved, gh, projection=None):
+    """``drivers.forward_sequence`` on ``x`` and ``params`` (made C-contiguous where they are
+    not).  ``w_hh_t``: the copy of W_hh^T or the (0, 0) stand-in; ``projection``: the
+    driver's five projection arguments, None for a direction without one."""
+    dtype = x.dtype
+    if projection is None:
+        projection = (_NONE_2D[dtype], _NONE_2D[dtype], state, y, _NONE_2D[dtype])
     drivers.forward_sequence(
-        drivers.CellRows(cell.kernels["numba"]), gemm_function(dtype), np.ascontiguousarray(x),
-        np.ascontiguousarray(params["weight_ih"]), np.ascontiguousarray(params["bias_ih"]),
-        scratch("gx", (T, B, GH)), *weights(w_hh, "w_hh_t"),
-        np.ascontiguousarray(params["bias_hh"]),
-        lengths, reverse, keep, state, y, history, saved, scratch("gh", (B, GH)), *projection)
-    return None if w_hr is None else projection[3]         # m_t of every step
+        rows, gemm_function(dtype), np.ascontiguousarray(x),
+        np.ascontiguousarray(params["weight_ih"]), np.ascontiguousarray(params["bias_ih"]), gx,
+        np.ascontiguousarray(params["weight_hh"]), w_hh_t,
+        np.ascontiguousarray(params["bias_hh"]), lengths, reverse, keep, state, y, history,
+        saved, gh, *projection)
 
 
 @functools.cache
