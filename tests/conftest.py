@@ -27,6 +27,25 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # absolute floor for values near zero).
 TOLERANCE = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-5, atol=2e-6)}
 
+
+def assert_close(actual, desired, dtype, what, *, summed=False):
+    """``actual`` within ``TOLERANCE[dtype]`` of ``desired``, element by element.
+
+    ``summed``: the values are sums over many rows whose order differs between
+    the two sides (weight gradients over T*B rows, dx over G*H gate columns).
+    A sum's rounding error is ulps of its terms, not of the sum, and where
+    the terms cancel the sum is small beside them (seen: a float32
+    ``weight_ih`` gradient of -0.0551 off by 2.7e-6 in an array reaching
+    13.5).  So the absolute floor there is the relative tolerance times the
+    array's largest magnitude, a stand-in for its terms' magnitude.
+    """
+    desired = np.asarray(desired)
+    tolerance = dict(TOLERANCE[str(np.dtype(dtype))])
+    if summed:
+        scale = float(np.max(np.abs(desired), initial=0.0))
+        tolerance["atol"] = max(tolerance["atol"], tolerance["rtol"] * scale)
+    np.testing.assert_allclose(np.asarray(actual), desired, **tolerance, err_msg=what)
+
 #: Every registry cell, for ``pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)``.
 ALL_CELLS = tuple(CELLS.values())
 CELL_IDS = tuple(CELLS)

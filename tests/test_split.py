@@ -20,11 +20,11 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 import rnnkern as rk
 import rnnkern.backends.numba as numba_backend
-from conftest import ALL_CELLS, CELL_IDS, TOLERANCE, make_layer
+from conftest import ALL_CELLS, CELL_IDS, TOLERANCE, assert_close, make_layer
 from rnnkern.backends.numba import planner
 from rnnkern.cells import CELLS
 from torch_oracle import oracle_run
@@ -50,11 +50,12 @@ def _run(layer, x, state, lengths, dy, dstate, run):
                 kept=kept)
 
 
-def _assert_close(ours, reference, dtype, what, large=False):
-    """Within the oracle tolerance; ``large``: sums over hundreds of terms (H = 256), ten times
-    the relative tolerance, and as absolute floor that times the largest magnitude."""
+def _assert_close(ours, reference, dtype, what, large=False, summed=False):
+    """Within the oracle tolerance (``summed``: gradients, conftest.assert_close); ``large``:
+    sums over hundreds of terms (H = 256), ten times the relative tolerance, and as absolute
+    floor that times the largest magnitude."""
     if not large:
-        np.testing.assert_allclose(ours, reference, **TOLERANCE[dtype], err_msg=what)
+        assert_close(ours, reference, dtype, what, summed=summed)
         return
     rtol = 10 * TOLERANCE[dtype]["rtol"]
     np.testing.assert_allclose(ours, reference, rtol=rtol,
@@ -64,18 +65,20 @@ def _assert_close(ours, reference, dtype, what, large=False):
 
 def _assert_same_results(ours, reference, dtype, exact_forward=False, large=False):
     close = lambda a, b, what: _assert_close(a, b, dtype, what, large)      # noqa: E731
+    gradient_close = lambda a, b, what: _assert_close(a, b, dtype, what, large,  # noqa: E731
+                                                      summed=True)
     check = (lambda a, b, what: np.testing.assert_array_equal(a, b, err_msg=what)) \
         if exact_forward else close
     for name in ("y_inference", "y"):
         check(ours[name], reference[name], name)
-    close(ours["dx"], reference["dx"], "dx")
+    gradient_close(ours["dx"], reference["dx"], "dx")
     for name in ("state_inference", "state_n", "dstate0"):
-        compare = close if name == "dstate0" else check
+        compare = gradient_close if name == "dstate0" else check
         for k, (a, b) in enumerate(zip(ours[name], reference[name], strict=True)):
             compare(a, b, f"{name}[{k}]")
     assert list(ours["grads"]) == list(reference["grads"])
     for name, g in ours["grads"].items():
-        close(g, reference["grads"][name], name)
+        gradient_close(g, reference["grads"][name], name)
     for d, ((history, saved), (history_ref, saved_ref)) in enumerate(
             zip(ours["kept"], reference["kept"], strict=True)):
         for k, (a, b) in enumerate(zip(history + saved, history_ref + saved_ref, strict=True)):
@@ -119,7 +122,16 @@ def _case(cfg):
     return layer, x, h0, cfg["lengths"], dy, dstate
 
 
+#: Found by the thorough profile: a float32 weight_ih gradient element of -0.0551 whose
+#: terms cancel, 2.7e-6 apart between the drivers in an array reaching 13.5 (within the
+#: relative tolerance of the array's scale: conftest.assert_close's ``summed``).
+_CANCELLING_GRADIENT = dict(cell=CELLS["rnn_tanh"], T=4, B=9, I=4, H=64, num_layers=2,
+                            bidirectional=True, batch_first=False, bias=False, dtype="float32",
+                            with_state=False, with_dstate=False, seed=0, lengths=None)
+
+
 @given(configurations())
+@example(_CANCELLING_GRADIENT)
 def test_split_equals_the_general_path(cfg):
     case = _case(cfg)
     reference = _run(*case, "general")
@@ -137,12 +149,12 @@ def test_split_matches_torch(cfg):
     _assert_close(ours["y"], ref["y"], dtype, "y")
     for k, (a, b) in enumerate(zip(ours["state_n"], ref["state_n"], strict=True)):
         _assert_close(a, b, dtype, f"state_n[{k}]")
-    _assert_close(ours["dx"], ref["dx"], dtype, "dx")
+    _assert_close(ours["dx"], ref["dx"], dtype, "dx", summed=True)
     for name, g in ours["grads"].items():
-        _assert_close(g, ref["grads"][name], dtype, name)
+        _assert_close(g, ref["grads"][name], dtype, name, summed=True)
     if state is not None:
         for k, (a, b) in enumerate(zip(ours["dstate0"], ref["dstate0"], strict=True)):
-            _assert_close(a, b, dtype, f"dstate0[{k}]")
+            _assert_close(a, b, dtype, f"dstate0[{k}]", summed=True)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
