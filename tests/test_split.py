@@ -301,6 +301,28 @@ def test_a_small_step_stays_on_the_general_path():
     assert 256 * 256 * 4 >= planner.SPLIT_MIN_WEIGHT_BYTES and more_bytes.path == "split"
 
 
+def test_training_splits_only_a_w_hh_of_enough_rows():
+    """In training (a forward with a tape, the backward) the split needs a W_hh of at least
+    SPLIT_MIN_TRAINING_ROWS rows; inference of the same shapes still splits."""
+    def plan(cell, batch, hidden, training, choice="auto"):
+        return planner.plan_direction(CELLS[cell], "float32", batch, hidden, projected=False,
+                                      training=training, choice=choice, cores=2,
+                                      others_running=0)
+
+    rows = planner.SPLIT_MIN_TRAINING_ROWS
+    for cell, batch, hidden in (("rnn_tanh", 1, 256), ("rnn_tanh", 64, 128), ("lstm", 64, 64),
+                                ("gru", 16, 64)):
+        assert CELLS[cell].num_gates * hidden < rows
+        assert plan(cell, batch, hidden, training=False).path == "split"
+        trained = plan(cell, batch, hidden, training=True)
+        assert trained.path == "general" and "dG_h" in trained.reason
+        assert not trained.one_blas_thread          # products this size want the BLAS threads
+        assert plan(cell, batch, hidden, training=True, choice="split").path == "split"
+    for cell, hidden in (("gru", 128), ("lstm", 96), ("rnn_tanh", 384)):
+        assert CELLS[cell].num_gates * hidden >= rows
+        assert plan(cell, 4, hidden, training=True).path == "split"
+
+
 def test_short_sequences_take_the_general_path_on_the_weights_as_they_are():
     """Under SPLIT_MIN_STEPS steps the split's packing does not pay for itself, and under
     TRANSPOSE_MIN_STEPS (or at batch 1, a GEMV either way) neither does a copy of W_hh^T."""

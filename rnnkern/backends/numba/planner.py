@@ -12,26 +12,29 @@ Two drivers run a layer-direction on NumPy arrays (``rnnkern.kernels.numba``):
   weight gradients.  Both cores work on every stage, the rows included, and
   no BLAS pool is woken between steps.
 
-``plan_direction`` picks one from the batch, the shapes, the sequence
-length and the cores this process may use; forward (with or without a tape)
-and backward plan alike.  ``auto`` takes split, with two workers, where all
-of these hold: no projection (``proj_size`` needs all of ``m_t`` between
-steps); at least ``SPLIT_MIN_STEPS`` steps (the packing and the helper's
-wake-up are paid once a call, the gain once a step); a step's
-product of at least ``SPLIT_MIN_STEP_FLOPS`` or a ``W_hh`` of at least
+``plan_direction`` picks one from the batch, the shapes, the sequence length,
+the cores this process may use and whether it trains; a forward with a tape
+and the backward plan alike (both drivers read and write one tape layout).
+``auto`` takes split, with two workers, where all of these hold: no projection
+(``proj_size`` needs all of ``m_t`` between steps); at least
+``SPLIT_MIN_STEPS`` steps (the packing and the helper's wake-up are paid once
+a call, the gain once a step); in training (a forward with a tape, the
+backward), a ``W_hh`` of at least ``SPLIT_MIN_TRAINING_ROWS`` rows (the
+backward's workers exchange a step's ``dG_h``, G times the forward's ``h``); a
+step's product of at least ``SPLIT_MIN_STEP_FLOPS`` or a ``W_hh`` of at least
 ``SPLIT_MIN_WEIGHT_BYTES`` (below both, the barrier and the cross-core
-exchange of h, ~1-2 us a step, cost more than the split saves; such layers
-run the general driver with the BLAS on one thread, so that no BLAS pool
-wakes to spin on the core the next split layer needs); two
-usable cores; and no other thread of this process running
-(``other_threads_running``, read from procfs at each plan: a BLAS pool still
-spinning after a NumPy call, the user's own threads).  The workers step in
-lockstep, so a thread sharing the second core stalls every step (measured,
-LSTM B=32 T=64 H=256 float32 training with a Dense matmul between steps:
-split 48 ms a step, general 30.8, split alone 22.3).  Other processes on the
-second core are not seen; a detector of slow barrier waits, tried, mistook a
-first call's page faults for a busy core.  On one usable core, one split
-worker up to ``ONE_WORKER_MAX_BATCH`` rows, the general driver above.
+exchange of h, ~1-2 us a step, cost more than the split saves; such layers run
+the general driver with the BLAS on one thread, so that no BLAS pool wakes to
+spin on the core the next split layer needs); two usable cores; and no other
+thread of this process running (``other_threads_running``, read from procfs at
+each plan: a BLAS pool still spinning after a NumPy call, the user's own
+threads). The workers step in lockstep, so a thread sharing the second core
+stalls every step (measured, LSTM B=32 T=64 H=256 float32 training with a
+Dense matmul between steps: split 48 ms a step, general 30.8, split alone
+22.3). Other processes on the second core are not seen; a detector of slow
+barrier waits, tried, mistook a first call's page faults for a busy core. On
+one usable core, one split worker up to ``ONE_WORKER_MAX_BATCH`` rows, the
+general driver above.
 
 The general driver's per-step product ``h W_hh^T`` runs on a C-contiguous
 copy of ``W_hh^T`` (``Plan.transposed_weights``) where a sequence is long
@@ -58,7 +61,7 @@ from ...validation import dtype_name
 from ..paths import PathSetting, PlanLog
 
 __all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "SPLIT_MIN_WEIGHT_BYTES", "SPLIT_MIN_STEPS",
-           "TRANSPOSE_MIN_STEPS", "MAX_WORKERS", "ONE_WORKER_MAX_BATCH", "Plan", "use_path",
+           "SPLIT_MIN_TRAINING_ROWS", "TRANSPOSE_MIN_STEPS", "MAX_WORKERS", "ONE_WORKER_MAX_BATCH", "Plan", "use_path",
            "path_choice", "setting", "usable_cores", "other_threads_running", "policy",
            "plan_direction", "recent_paths"]
 
@@ -93,6 +96,22 @@ SPLIT_MIN_WEIGHT_BYTES = 256 * 1024
 #: 0.91 / 1.09, LSTM B=32 1.03 / 1.08 / 1.07, GRU B=32 0.98 / 1.10 / 1.20.  At T = 1
 #: the general driver took a third to half the split's time.
 SPLIT_MIN_STEPS = 32
+#: Training (a forward that keeps a tape, and the backward) splits only a ``W_hh``
+#: of at least this many rows ``G*H`` (a worker's share of the gate columns is
+#: half).  The backward's workers exchange ``dG_h`` every step, ``B G H / 2``
+#: elements each way where the forward exchanges ``B H / 2`` of ``h``, and the
+#: general driver's per-step BLAS products hold up well from batch 16 on.  Measured
+#: on the Zen 3 VM (float32, T = 100, I = min(H, 128), forward with a tape plus
+#: backward, each call after a gc.collect(), four interleaved rounds; general /
+#: split time at B = 1 / 4 / 16 / 64, above 1: split faster): G*H = 64-256 (RNN H
+#: = 64 / 128 / 256, GRU H = 64, LSTM H = 64) 0.65 / 0.74 / 0.76 / 0.78, 0.74 /
+#: 0.89 / 1.00 / 0.82, 0.92 / 1.15 / 0.95 / 1.00, 0.83 / 0.94 / 0.98 / 0.88, 0.90 /
+#: 1.01 / 0.94 / 1.00; G*H = 384-1024 (GRU H = 128 / 256, LSTM H = 128 / 256)
+#: 0.99 / 1.30 / 0.93 / 1.04, 1.23 / 1.69 / 0.99 / 1.22, 1.17 / 1.53 / 0.99 /
+#: 1.05, 1.29 / 2.04 / 1.04 / 1.03.  Inference splits below it (no tape, no
+#: backward): the same shapes' inference gained from the split at B >= 16 for
+#: the LSTM and GRU at H = 64 (1.13-1.36).
+SPLIT_MIN_TRAINING_ROWS = 384
 #: The general driver multiplies by a C-contiguous copy of ``W_hh^T`` (NN) only
 #: for sequences of at least this many steps, at batch 2 and up.  On the AVX-512
 #: VM's OpenBLAS the NN products ran 1.3-4x faster than NT at B = 2-64 (W of
@@ -252,7 +271,8 @@ def policy() -> str:
     return (f"split driver ({MAX_WORKERS} workers, W split by hidden units) where the sequence "
             f"has at least {SPLIT_MIN_STEPS} steps and a step's "
             f"product is at least {SPLIT_MIN_STEP_FLOPS} FLOPs or W_hh at least "
-            f"{SPLIT_MIN_WEIGHT_BYTES // 1024} KiB, on {usable_cores()} usable "
+            f"{SPLIT_MIN_WEIGHT_BYTES // 1024} KiB (in training also W_hh of at least "
+            f"{SPLIT_MIN_TRAINING_ROWS} rows), on {usable_cores()} usable "
             "core(s), and no other thread of this process is running (a spinning BLAS pool), "
             "else the general driver; force with rnnkern.backends.numba.planner.use_path or "
             f"${_ENVIRONMENT}")
@@ -283,7 +303,8 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
         Whether the direction has a projection (LSTM ``proj_size``).
     training : bool
         A forward that keeps a tape, or a backward (recorded apart from
-        inference in ``recent_paths``; planned alike).
+        inference in ``recent_paths``): the split takes a ``W_hh`` of at least
+        ``SPLIT_MIN_TRAINING_ROWS`` rows.
     steps : int, optional
         The sequence length T; None plans for a long sequence.
     choice : {"auto", "split", "general"}, optional
@@ -302,7 +323,7 @@ def plan_direction(cell, dtype, batch: int, hidden: int, *, projected: bool,
     choice = path_choice() if choice is None else _SETTING.checked(choice, "choice")
     workers = _SETTING.forced_options().get("workers")
     plan = _plan(cell, np.dtype(dtype), batch, hidden, projected, steps, choice, workers, cores,
-                 others_running)
+                 others_running, training)
     _RECENT.record((cell.name, dtype_name(np.dtype(dtype)), batch, hidden, projected, training),
                    plan)
     return plan
@@ -325,7 +346,8 @@ def _copies_w_hh_t(batch, steps, transpose_min_steps):
 
 def _thresholds():
     """The module's thresholds, read at each plan (tests and users may change them)."""
-    return (SPLIT_MIN_STEP_FLOPS, SPLIT_MIN_WEIGHT_BYTES, SPLIT_MIN_STEPS, TRANSPOSE_MIN_STEPS)
+    return (SPLIT_MIN_STEP_FLOPS, SPLIT_MIN_WEIGHT_BYTES, SPLIT_MIN_STEPS,
+            SPLIT_MIN_TRAINING_ROWS, TRANSPOSE_MIN_STEPS)
 
 
 def setting() -> tuple:
@@ -335,10 +357,11 @@ def setting() -> tuple:
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan_from_shapes(num_gates, dtype, batch, hidden, projected, steps, choice, thresholds):
+def _plan_from_shapes(num_gates, dtype, batch, hidden, projected, steps, choice, thresholds,
+                      training):
     """The plans that follow from the shapes alone, or None (memoized: every layer call plans,
     and a short sequence's whole call may take ~100 us)."""
-    min_flops, min_weight_bytes, min_steps, transpose_min_steps = thresholds
+    min_flops, min_weight_bytes, min_steps, min_training_rows, transpose_min_steps = thresholds
     transposed = _copies_w_hh_t(batch, steps, transpose_min_steps)
     if choice == "general":
         return Plan("general", "forced", transposed_weights=transposed)
@@ -351,6 +374,11 @@ def _plan_from_shapes(num_gates, dtype, batch, hidden, projected, steps, choice,
                                f"{min_flops} FLOPs and {min_weight_bytes // 1024} KiB, too "
                                "small for a split to pay; one BLAS thread", one_blas_thread=True,
                     transposed_weights=transposed)
+    if (choice == "auto" and not projected and training
+            and num_gates * hidden < min_training_rows):
+        return Plan("general", f"training, W_hh of {num_gates * hidden} rows: under "
+                               f"{min_training_rows}, the split's per-step exchange of dG_h "
+                               "costs more than it saves", transposed_weights=transposed)
     if choice == "auto" and not projected and steps is not None and steps < min_steps:
         # The general driver's BLAS threads may wake here; a split layer that follows
         # sees them running and takes the general driver too (other_threads_running).
@@ -359,10 +387,11 @@ def _plan_from_shapes(num_gates, dtype, batch, hidden, projected, steps, choice,
     return None
 
 
-def _plan(cell, dtype, batch, hidden, projected, steps, choice, workers, cores, others_running):
+def _plan(cell, dtype, batch, hidden, projected, steps, choice, workers, cores, others_running,
+          training):
     thresholds = _thresholds()
     plan = _plan_from_shapes(cell.num_gates, dtype, batch, hidden, projected, steps, choice,
-                             thresholds)
+                             thresholds, training)
     if plan is not None:
         return plan
     transposed = _copies_w_hh_t(batch, steps, thresholds[-1])     # TRANSPOSE_MIN_STEPS, as read
