@@ -73,13 +73,9 @@ def test_round_trip_through_keras(cell, return_sequences, dtype, bias, bidirecti
     I, H = 2, 3
     layer = make_layer(cell, I, H, bias=bias, batch_first=True, bidirectional=bidirectional,
                        dtype=dtype, seed=4)
-    tail = [] if return_sequences else [LastTimestep(batch_first=True)]
+    tail = [] if return_sequences else [LastTimestep(batch_first=True,
+                                                     bidirectional=bidirectional)]
     model = Sequential(layer, *tail, Dense(layer.num_directions * H, 2, dtype=dtype, seed=5))
-    if bidirectional and not return_sequences:
-        with pytest.raises(ValueError, match=r"layers\[1\]: LastTimestep converts to Keras only "
-                                             r"right after a unidirectional"):
-            to_keras(model)
-        return
     x = sequences(dtype)
     expected = run(model, x)
 
@@ -95,6 +91,8 @@ def test_round_trip_through_keras(cell, return_sequences, dtype, bias, bidirecti
 
     assert [type(a) for a in back.layers] == [type(a) for a in model.layers]
     assert back.layers[0].cell is cell and back.layers[0].dtype == dtype
+    if not return_sequences:
+        assert back.layers[1].bidirectional is bidirectional
     np.testing.assert_allclose(run(back, x), expected, **TOLERANCE[dtype])
     ours, theirs = model.state_dict(), back.state_dict()
     for name, value in ours.items():
@@ -126,6 +124,37 @@ def test_the_tutorial_models_come_across(keras_class):
     assert int(total.split()[0].replace(",", "")) == keras_model.count_params() + extra
     bias_hh = model.state_dict()["0.bias_hh_l0"]
     assert (bias_hh == 0).all() == (extra > 0)
+
+
+def test_a_keras_text_classifier_comes_across(dtype):
+    """Embedding -> Bidirectional(LSTM) with return_sequences=False -> Dense, Keras's usual
+    many-to-one model on token ids, both ways."""
+    keras_model = randomize(keras.Sequential([
+        keras.Input((None,), dtype="int32"), keras.layers.Embedding(11, 4, dtype=dtype),
+        keras.layers.Bidirectional(keras.layers.LSTM(3, dtype=dtype), dtype=dtype),
+        keras.layers.Dense(2, dtype=dtype)]))
+    ids = np.random.default_rng(2).integers(0, 11, (5, 9)).astype(np.int32)
+
+    model = from_keras(keras_model)
+
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Embedding", "LSTM", "LastTimestep", "Dense"]
+    assert model.layers[1].bidirectional and model.layers[2].bidirectional
+    np.testing.assert_allclose(run(model, ids), predict(keras_model, ids), **TOLERANCE[dtype])
+    back = to_keras(model)
+    assert type(back.layers[0]).__name__ == "Embedding"
+    np.testing.assert_allclose(predict(back, ids), predict(keras_model, ids), **TOLERANCE[dtype])
+    lone = to_keras(model.layers[0])
+    assert lone.built
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(lone(ids)), run(model.layers[0], ids))
+
+
+def test_a_masking_keras_embedding_is_refused():
+    layer = keras.layers.Embedding(5, 2, mask_zero=True)
+    layer.build((None, 3))
+    with pytest.raises(ValueError, match=r"layer_or_model: Embedding with mask_zero=True has no "
+                                         r"rnnkern equivalent"):
+        from_keras(layer)
 
 
 def test_a_stacked_bidirectional_float64_model_comes_across(dtype):
@@ -229,13 +258,11 @@ def built(layer, shape=(None, 5, 2)):
     (lambda: keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True),
                                         merge_mode="sum"), r"Bidirectional with merge_mode='sum' has no rnnkern equivalent; expected "
      r"merge_mode='concat'"),
-    (lambda: keras.layers.Bidirectional(keras.layers.LSTM(3)),
-     r"Bidirectional with return_sequences=False"),
     (lambda: keras.layers.Dense(3, activation="relu"), r"Dense with activation='relu'"),
     (lambda: keras.layers.LSTM(3, dtype="mixed_float16"), r"expected dtype policy 'float32' or 'float64', got 'mixed_float16'"),
 ], ids=["SimpleRNN-sigmoid", "LSTM-relu", "GRU-hard_sigmoid", "reset_after", "go_backwards",
         "return_state", "stateful", "dropout", "recurrent_dropout", "merge_mode",
-        "Bidirectional-last", "Dense-relu", "mixed_precision"])
+        "Dense-relu", "mixed_precision"])
 def test_a_keras_option_rnnkern_does_not_compute_is_refused(make, match):
     layer = built(make(), (4, 5, 2))
     with pytest.raises(ValueError, match=r"layer_or_model: " + match):
@@ -274,19 +301,45 @@ def test_a_functional_model_or_another_object_is_a_type_error():
             from_keras(other)
 
 
+class _Doubling:
+    """A user's layer (y = 2x) that Sequential takes and Keras has no counterpart for."""
+
+    def parameters(self):
+        return {}
+
+    def load_state_dict(self, state_dict):
+        pass
+
+    def output_shape(self, input_shape):
+        return input_shape
+
+    def forward(self, x):
+        return 2 * x, None
+
+    def backward(self, dy, tape):
+        return 2 * dy, {}
+
+
 @pytest.mark.parametrize("model, error, match", [
-    (lambda: Sequential(Embedding(5, 2), rk.LSTM(2, 3)), TypeError,
-     r"layers\[0\]: no Keras counterpart is known for .*Embedding"),
+    (lambda: Sequential(_Doubling(), rk.LSTM(2, 3)), TypeError,
+     r"layers\[0\]: no Keras counterpart is known for .*_Doubling"),
     (lambda: Sequential(LastTimestep(), Dense(2, 1)), ValueError,
      r"layers\[0\]: LastTimestep converts to Keras only right after .* got it after nothing"),
+    (lambda: Sequential(rk.GRU(2, 3, bidirectional=True), LastTimestep()), ValueError,
+     r"layers\[1\]: LastTimestep\(bidirectional=False\) after a layer with "
+     r"bidirectional=True has no Keras equivalent"),
+    (lambda: Sequential(rk.GRU(2, 3), LastTimestep(bidirectional=True)), ValueError,
+     r"layers\[1\]: LastTimestep\(bidirectional=True\) after a layer with "
+     r"bidirectional=False"),
     (lambda: Sequential(Dense(2, 2), LastTimestep()), ValueError,
      r"layers\[1\]: LastTimestep .* got it after .*Dense"),
     (lambda: rk.LSTM(2, 4, proj_size=2), ValueError,
      r"layer_or_sequential: LSTM with proj_size=2 has no Keras equivalent"),
-    (lambda: Embedding(5, 2), TypeError, r"layer_or_sequential: expected rnnkern\.RNN"),
+    (lambda: rk.LSTMCell(5, 2), TypeError, r"layer_or_sequential: expected rnnkern\.RNN"),
     (lambda: keras.layers.LSTM(3), TypeError, r"layer_or_sequential: expected rnnkern\.RNN"),
-], ids=["Embedding", "LastTimestep-first", "LastTimestep-after-Dense", "proj_size",
-        "lone-Embedding", "keras-layer"])
+], ids=["user-layer", "LastTimestep-first", "LastTimestep-bidirectional-mismatch",
+        "LastTimestep-unidirectional-mismatch", "LastTimestep-after-Dense", "proj_size",
+        "lone-cell", "keras-layer"])
 def test_to_keras_refuses_what_keras_cannot_compute(model, error, match):
     model = model()
     with pytest.raises(error, match=match):

@@ -535,6 +535,36 @@ def test_training_step_on_cupy_matches_numpy():
     np.testing.assert_array_equal(target.get(), [[2, 2], [0, 0], [1, 1]])
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("steps", [1, 6])
+def test_last_timestep_of_a_bidirectional_layer_is_each_directions_final_output(batch_first,
+                                                                              steps, rng):
+    """``LastTimestep(bidirectional=True)`` joins h_n of both directions (torch's
+    ``cat((h_n[-2], h_n[-1]), 1)``), and its backward puts each half of dy where it came from."""
+    layer = rk.GRU(3, 4, bidirectional=True, batch_first=batch_first, dtype="float64", seed=0)
+    last = LastTimestep(batch_first=batch_first, bidirectional=True)
+    x = rng.standard_normal((2, steps, 3) if batch_first else (steps, 2, 3))
+    y, h_n = layer(x)
+
+    out, tape = last.forward(y)
+
+    np.testing.assert_array_equal(out, np.concatenate([h_n[0], h_n[1]], axis=1))
+    assert last.output_shape(y.shape) == out.shape == (2, 8)
+    dy = rng.standard_normal(out.shape)
+    dx, grads = last.backward(dy, tape)
+    assert grads == {} and dx.shape == y.shape
+    # the adjoint of the selection: <dx, y> = <dy, out> for every y
+    probe = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(np.sum(dx * probe), np.sum(dy * last(probe)), rtol=1e-12)
+    time_axis = 1 if batch_first else 0
+    np.testing.assert_array_equal(np.take(dx, steps - 1, axis=time_axis)[:, :4], dy[:, :4])
+    np.testing.assert_array_equal(np.take(dx, 0, axis=time_axis)[:, 4:], dy[:, 4:])
+    assert np.count_nonzero(dx) == dy.size
+    with pytest.raises(ValueError, match="x: expected an even number of features"):
+        last(np.zeros((steps, 2, 7)))
+    assert repr(last) == f"LastTimestep(batch_first={batch_first}, bidirectional=True)"
+
+
 def test_every_layer_refuses_a_tape_that_is_not_its_own(rng):
     dense, other = Dense(3, 2, seed=0), Dense(3, 2, seed=1)
     model = Sequential(Dense(3, 2, seed=0))

@@ -1,8 +1,8 @@
 r"""Conversion between Keras 3 models and rnnkern layers.
 
 ``from_keras(layer_or_model)`` takes a Keras ``SimpleRNN``, ``LSTM``, ``GRU``,
-``Bidirectional`` of one of those, ``Dense``, or a ``keras.Sequential`` of
-them, and returns the rnnkern layer or ``rnnkern.training.Sequential`` that
+``Bidirectional`` of one of those, ``Dense``, ``Embedding``, or a
+``keras.Sequential`` of them, and returns the rnnkern layer or ``rnnkern.training.Sequential`` that
 computes what Keras's ``predict`` computes; ``to_keras`` goes the other way.
 
 How the weights map (``G`` gates, hidden size ``H``, Keras's column blocks
@@ -34,15 +34,16 @@ against 10,400 for ``LSTM(50)`` on one input feature), and the extra
 Keras recurrent layers take batch-first input ``(B, T, I)``: ``from_keras``
 builds layers with ``batch_first=True``, and Keras's ``return_sequences=False``
 becomes ``rnnkern.training.LastTimestep(batch_first=True)`` after the layer.
-``Bidirectional`` (``merge_mode="concat"``, ``return_sequences=True``) is
-rnnkern's ``bidirectional=True``.  Refused with a clear error, because
+``Bidirectional`` (``merge_mode="concat"``) is rnnkern's ``bidirectional=True``;
+with ``return_sequences=False`` Keras joins each direction's final output (the
+backward direction's comes at the first step), which is
+``LastTimestep(batch_first=True, bidirectional=True)`` after the layer.
+Refused with a clear error, because
 rnnkern would compute something else: ``go_backwards=True``, ``return_state``,
 ``stateful``, Keras's input ``dropout``/``recurrent_dropout``, activations
 other than Keras's defaults (``SimpleRNN`` takes ``"tanh"`` or ``"relu"``,
 rnnkern's ``nonlinearity``), ``reset_after=False``, ``Bidirectional`` with
-another merge mode or ``return_sequences=False`` (Keras then concatenates the
-backward direction's *final* state, not its output at the last step), mixed
-precision, and every other Keras layer.
+another merge mode, mixed precision, and every other Keras layer.
 
 Keras 3 on its JAX and torch backends computes a float64 layer's products
 in float32 (its type promotion maps float64 to float32) and ``predict`` casts
@@ -100,7 +101,7 @@ _KERAS_RECURRENT = {
 _REFUSED = {"go_backwards": False, "return_state": False, "stateful": False,
             "dropout": 0.0, "recurrent_dropout": 0.0}
 
-_SUPPORTED = "keras.layers.SimpleRNN, LSTM, GRU, Bidirectional (of those), Dense"
+_SUPPORTED = "keras.layers.SimpleRNN, LSTM, GRU, Bidirectional (of those), Dense, Embedding"
 
 
 def _keras_module():
@@ -190,7 +191,7 @@ def _recurrent_from_keras(rnns, name):
 
 def _from_keras_layer(keras_layer, name):
     """The rnnkern layers computing one Keras layer (a LastTimestep may follow)."""
-    from ..training import Dense, LastTimestep
+    from ..training import Dense, Embedding, LastTimestep
 
     keras = sys.modules["keras"]
     kind = type(keras_layer).__name__
@@ -204,10 +205,6 @@ def _from_keras_layer(keras_layer, name):
         if keras_layer.merge_mode != "concat":
             raise ValueError(f"{name}: Bidirectional with merge_mode={keras_layer.merge_mode!r} "
                              f"has no rnnkern equivalent; expected merge_mode='concat'")
-        if not keras_layer.return_sequences:
-            raise ValueError(f"{name}: Bidirectional with return_sequences=False has no rnnkern "
-                             f"equivalent (Keras joins the backward direction's final state); "
-                             f"expected return_sequences=True")
         forward_config, backward_config = (r.get_config() for r in rnns)
         if not backward_config.get("go_backwards") or any(
                 forward_config.get(k) != backward_config.get(k)
@@ -215,7 +212,9 @@ def _from_keras_layer(keras_layer, name):
                           "reset_after")):
             raise ValueError(f"{name}: Bidirectional with a backward_layer unlike its forward "
                              f"layer has no rnnkern equivalent")
-        return [_recurrent_from_keras(rnns, name)]
+        layer = _recurrent_from_keras(rnns, name)
+        return [layer] if keras_layer.return_sequences else [
+            layer, LastTimestep(batch_first=True, bidirectional=True)]
     if kind in _KERAS_RECURRENT and type(keras_layer) is getattr(keras.layers, kind):
         layer = _recurrent_from_keras([keras_layer], name)
         return [layer] if keras_layer.return_sequences else [layer, LastTimestep(batch_first=True)]
@@ -233,6 +232,19 @@ def _from_keras_layer(keras_layer, name):
             params["bias"] = _numpy(keras_layer.bias)
         dense.load_state_dict(params)
         return [dense]
+    if type(keras_layer) is keras.layers.Embedding:
+        config = keras_layer.get_config()
+        if config.get("mask_zero"):
+            raise ValueError(f"{name}: Embedding with mask_zero=True has no rnnkern equivalent "
+                             f"(Keras then skips the masked steps); expected mask_zero=False, "
+                             f"and the sequences' lengths given to the recurrent layer")
+        if config.get("quantization_config") is not None:
+            raise ValueError(f"{name}: a quantized Embedding has no rnnkern equivalent")
+        _check_built(keras_layer, name)
+        embedding = Embedding(config["input_dim"], config["output_dim"],
+                              dtype=_dtype(keras_layer, name))
+        embedding.load_state_dict({"weight": _numpy(keras_layer.embeddings)})
+        return [embedding]
     raise TypeError(f"{name}: expected one of {_SUPPORTED}, got {describe(keras_layer)}")
 
 
@@ -243,14 +255,16 @@ def from_keras(layer_or_model):
     ----------
     layer_or_model : keras.layers.Layer or keras.Sequential
         ``SimpleRNN``, ``LSTM``, ``GRU``, ``Bidirectional`` of one of them, or
-        ``Dense``, built (with weights), or a ``keras.Sequential`` of those.
+        ``Dense``, ``Embedding`` (``mask_zero=False``), built (with weights),
+        or a ``keras.Sequential`` of those.
 
     Returns
     -------
     rnnkern layer or rnnkern.training.Sequential
         For a model, a ``Sequential`` with one rnnkern layer per Keras layer
         and a ``LastTimestep(batch_first=True)`` after each recurrent layer
-        with ``return_sequences=False``.  For a single layer, the rnnkern
+        with ``return_sequences=False`` (``bidirectional=True`` after a
+        ``Bidirectional``).  For a single layer, the rnnkern
         layer (``RNN``/``LSTM``/``GRU`` with ``batch_first=True``, or
         ``training.Dense``), or ``Sequential(layer, LastTimestep(...))`` for a
         recurrent layer with ``return_sequences=False``.  Its ``forward(x)``
@@ -355,8 +369,24 @@ def _dense_to_keras(keras, dense, name):
     return keras_dense, load
 
 
-def _input_size(layer):
-    return getattr(layer, "input_size", None) or layer.in_features
+def _embedding_to_keras(keras, embedding, name):
+    weight = _host(embedding.state_dict()["weight"], f"{name} weight")
+    keras_embedding = keras.layers.Embedding(embedding.num_embeddings, embedding.embedding_dim,
+                                             dtype=embedding.dtype)
+
+    def load():
+        keras_embedding.embeddings.assign(weight)
+    return keras_embedding, load
+
+
+def _keras_input_shape(layer, sequences):
+    """(shape without the batch, dtype) of what the Keras model of ``layer`` first takes."""
+    from ..training import Embedding
+
+    if isinstance(layer, Embedding):
+        return ((None,) if sequences else ()), "int32"         # token ids
+    size = getattr(layer, "input_size", None) or layer.in_features
+    return ((None, size) if sequences else (size,)), layer.dtype
 
 
 def to_keras(layer_or_sequential):
@@ -364,9 +394,10 @@ def to_keras(layer_or_sequential):
 
     Parameters
     ----------
-    layer_or_sequential : rnnkern.RNN, LSTM, GRU, training.Dense or training.Sequential
+    layer_or_sequential : rnnkern.RNN, LSTM, GRU, training.Dense, Embedding or Sequential
         A ``Sequential`` may hold those and ``LastTimestep`` right after a
-        unidirectional recurrent layer (Keras's ``return_sequences=False``).
+        recurrent layer (Keras's ``return_sequences=False``;
+        ``LastTimestep(bidirectional=True)`` after a bidirectional one).
 
     Returns
     -------
@@ -378,29 +409,30 @@ def to_keras(layer_or_sequential):
         ``keras.layers.Dropout`` between them where ``dropout > 0``, torch's
         inter-layer dropout).  A ``Sequential`` becomes a ``keras.Sequential``
         with a ``keras.Input`` of shape ``(None, input_size)`` (sequences) or
-        ``(in_features,)``.  Keras layers take batch-first input whatever
+        ``(in_features,)``, or of int32 token ids, ``(None,)`` (``()`` without
+        a recurrent layer), where it starts with an ``Embedding``.  Keras layers take batch-first input whatever
         ``batch_first`` the rnnkern layer has.  ``SimpleRNN`` and ``LSTM``
         get one bias, ``bias_ih + bias_hh``.
 
     Raises
     ------
     TypeError
-        For a layer with no Keras counterpart (``Embedding``, say).
+        For a layer with no Keras counterpart.
     ValueError
         For ``proj_size > 0``, or a ``LastTimestep`` that is not right after
-        a unidirectional recurrent layer.
+        a recurrent layer of its ``bidirectional``.
     ImportError
         If Keras 3 is not installed.
     """
     from ..recurrent import RecurrentLayer
-    from ..training import Dense, LastTimestep, Sequential
+    from ..training import Dense, Embedding, LastTimestep, Sequential
 
     def refuse():
         return TypeError(f"layer_or_sequential: expected rnnkern.RNN, LSTM, GRU, "
-                         f"training.Dense or training.Sequential, got "
+                         f"training.Dense, training.Embedding or training.Sequential, got "
                          f"{describe(layer_or_sequential)}")
 
-    if not isinstance(layer_or_sequential, (RecurrentLayer, Dense, Sequential)):
+    if not isinstance(layer_or_sequential, (RecurrentLayer, Dense, Embedding, Sequential)):
         raise refuse()
     try:
         import keras
@@ -416,10 +448,16 @@ def to_keras(layer_or_sequential):
     for k, (layer, name) in enumerate(zip(layers, names)):
         if isinstance(layer, LastTimestep):
             before = layers[k - 1] if k else None
-            if not isinstance(before, RecurrentLayer) or before.bidirectional:
-                raise ValueError(f"{name}: LastTimestep converts to Keras only right after a "
-                                 f"unidirectional RNN/LSTM/GRU (return_sequences=False), got it "
-                                 f"after {describe(before) if k else 'nothing'}")
+            if not isinstance(before, RecurrentLayer):
+                raise ValueError(f"{name}: LastTimestep converts to Keras only right after an "
+                                 f"RNN/LSTM/GRU (return_sequences=False), got it after "
+                                 f"{describe(before) if k else 'nothing'}")
+            if before.bidirectional != layer.bidirectional:
+                raise ValueError(f"{name}: LastTimestep(bidirectional={layer.bidirectional}) "
+                                 f"after a layer with bidirectional={before.bidirectional} has "
+                                 f"no Keras equivalent; expected bidirectional="
+                                 f"{before.bidirectional} (Keras's return_sequences=False takes "
+                                 f"each direction's own last step)")
             continue
         if isinstance(layer, RecurrentLayer) and _keras_recurrent_form(layer):
             following = layers[k + 1] if k + 1 < len(layers) else None
@@ -427,22 +465,23 @@ def to_keras(layer_or_sequential):
                                             not isinstance(following, LastTimestep), name)
             keras_layers += out
             loaders += load
-        elif isinstance(layer, Dense):
-            out, load = _dense_to_keras(keras, layer, name)
+        elif isinstance(layer, (Dense, Embedding)):
+            convert = _dense_to_keras if isinstance(layer, Dense) else _embedding_to_keras
+            out, load = convert(keras, layer, name)
             keras_layers.append(out)
             loaders.append(load)
         else:
             raise TypeError(f"{name}: no Keras counterpart is known for {describe(layer)}; "
-                            f"expected rnnkern.RNN, LSTM, GRU, training.Dense or LastTimestep")
+                            f"expected rnnkern.RNN, LSTM, GRU, training.Dense, Embedding or "
+                            f"LastTimestep")
 
-    first = layers[0]
     sequences = any(isinstance(layer, RecurrentLayer) for layer in layers)
+    shape, input_dtype = _keras_input_shape(layers[0], sequences)
     if len(keras_layers) == 1 and not isinstance(layer_or_sequential, Sequential):
         result = keras_layers[0]
-        result.build((None, None, first.input_size) if sequences else (None, first.in_features))
+        result.build((None,) + (shape or (None,)))    # a lone Embedding: (batch, steps) ids
     else:
-        shape = (None, _input_size(first)) if sequences else (_input_size(first),)
-        result = keras.Sequential([keras.Input(shape=shape, dtype=first.dtype), *keras_layers])
+        result = keras.Sequential([keras.Input(shape=shape, dtype=input_dtype), *keras_layers])
     for load in loaders:
         if load is not None:
             load()

@@ -179,10 +179,22 @@ class LastTimestep:
     the backward pass puts ``dy`` at the last step and zeros elsewhere.  It
     plays the part of Keras' ``return_sequences=False``.  For sequences of
     different lengths use the recurrent layer's ``h_n`` instead.
+
+    ``bidirectional=True``: each direction's own last step, for the output of
+    a bidirectional layer (``F = 2P``, the forward direction's ``P`` features
+    first).  The forward direction ends at ``t = T-1``, the backward one at
+    ``t = 0``:
+
+    .. math:: y = [\, x_{T-1}[:P] \,;\, x_0[P:] \,]
+
+    that is ``h_n`` of both directions joined, as Keras's
+    ``Bidirectional(..., return_sequences=False)`` and torch's
+    ``cat((h_n[-2], h_n[-1]), 1)`` give it.
     """
 
-    def __init__(self, *, batch_first=False):
+    def __init__(self, *, batch_first=False, bidirectional=False):
         self.batch_first = v.check_bool("batch_first", batch_first)
+        self.bidirectional = v.check_bool("bidirectional", bidirectional)
 
     def parameters(self):
         return {}
@@ -202,11 +214,19 @@ class LastTimestep:
         return shape[:1] + shape[2:] if self.batch_first else shape[1:]
 
     def __call__(self, x):
-        """The last step of ``x``: inference, no tape."""
-        namespace_of(x, names=["x"])
+        """The last step of ``x`` (of each direction's half): inference, no tape."""
+        xp = namespace_of(x, names=["x"])
         if x.ndim != 3:
             raise ValueError(f"x: expected a 3-D sequence array, got {describe(x)}")
-        return x[:, -1, :] if self.batch_first else x[-1, ...]
+        if self.bidirectional and x.shape[-1] % 2:
+            raise ValueError(f"x: expected an even number of features (two directions' "
+                             f"outputs side by side), got {describe(x)}")
+        last = x[:, -1, :] if self.batch_first else x[-1, ...]
+        if not self.bidirectional:
+            return last
+        first = x[:, 0, :] if self.batch_first else x[0, ...]
+        half = x.shape[-1] // 2
+        return xp.concat([last[:, :half], first[:, half:]], axis=-1)
 
     def forward(self, x):
         return self(x), Tape(self, tuple(x.shape))
@@ -219,13 +239,25 @@ class LastTimestep:
         if tuple(dy.shape) != expected:
             raise ValueError(f"dy: expected shape {expected}, got {describe(dy)}")
         axis = 1 if self.batch_first else 0
-        zeros_shape = list(input_shape)
-        zeros_shape[axis] -= 1
-        zeros = xp.zeros(tuple(zeros_shape), dtype=dy.dtype, device=array_api_compat.device(dy))
-        return xp.concat([zeros, xp.expand_dims(dy, axis=axis)], axis=axis), {}
+        device = array_api_compat.device(dy)
+
+        def at_end(d, last):
+            """``d`` (B, W) at the last step (else the first) of zeros of the input's length."""
+            zeros_shape = list(input_shape[:2]) + [d.shape[-1]]
+            zeros_shape[axis] -= 1
+            zeros = xp.zeros(tuple(zeros_shape), dtype=dy.dtype, device=device)
+            step = xp.expand_dims(d, axis=axis)
+            return xp.concat([zeros, step] if last else [step, zeros], axis=axis)
+
+        if not self.bidirectional:
+            return at_end(dy, last=True), {}
+        half = dy.shape[-1] // 2
+        return xp.concat([at_end(dy[:, :half], last=True), at_end(dy[:, half:], last=False)],
+                         axis=-1), {}
 
     def __repr__(self):
-        return f"LastTimestep(batch_first={self.batch_first})"
+        extra = ", bidirectional=True" if self.bidirectional else ""
+        return f"LastTimestep(batch_first={self.batch_first}{extra})"
 
 
 class Sequential:
