@@ -2,8 +2,9 @@ r"""Conversion between Keras 3 models and rnnkern layers.
 
 ``from_keras(layer_or_model)`` takes a Keras ``SimpleRNN``, ``LSTM``, ``GRU``,
 ``Bidirectional`` of one of those, ``Dense``, ``Embedding``, or a
-``keras.Sequential`` of them, and returns the rnnkern layer or ``rnnkern.training.Sequential`` that
-computes what Keras's ``predict`` computes; ``to_keras`` goes the other way.
+``keras.Sequential`` of them, and returns the rnnkern layer or
+``rnnkern.training.Sequential`` that computes what Keras's ``predict``
+computes; ``to_keras`` goes the other way.
 
 How the weights map (``G`` gates, hidden size ``H``, Keras's column blocks
 listed in rnnkern's gate names)::
@@ -38,12 +39,14 @@ becomes ``rnnkern.training.LastTimestep(batch_first=True)`` after the layer.
 with ``return_sequences=False`` Keras joins each direction's final output (the
 backward direction's comes at the first step), which is
 ``LastTimestep(batch_first=True, bidirectional=True)`` after the layer.
-Refused with a clear error, because
-rnnkern would compute something else: ``go_backwards=True``, ``return_state``,
-``stateful``, Keras's input ``dropout``/``recurrent_dropout``, activations
-other than Keras's defaults (``SimpleRNN`` takes ``"tanh"`` or ``"relu"``,
-rnnkern's ``nonlinearity``), ``reset_after=False``, ``Bidirectional`` with
-another merge mode, mixed precision, and every other Keras layer.
+``Embedding`` is ``rnnkern.training.Embedding`` (the same ``(V, E)`` table).
+Refused with a clear error, because rnnkern would compute something else:
+``go_backwards=True``, ``return_state``, ``stateful``, Keras's input
+``dropout``/``recurrent_dropout``, activations other than Keras's defaults
+(``SimpleRNN`` takes ``"tanh"`` or ``"relu"``, rnnkern's ``nonlinearity``),
+``reset_after=False``, ``Bidirectional`` with another merge mode,
+``Embedding`` with ``mask_zero=True``, mixed precision, and every other Keras
+layer.
 
 Keras 3 on its JAX and torch backends computes a float64 layer's products
 in float32 (its type promotion maps float64 to float32) and ``predict`` casts
@@ -410,9 +413,10 @@ def to_keras(layer_or_sequential):
         inter-layer dropout).  A ``Sequential`` becomes a ``keras.Sequential``
         with a ``keras.Input`` of shape ``(None, input_size)`` (sequences) or
         ``(in_features,)``, or of int32 token ids, ``(None,)`` (``()`` without
-        a recurrent layer), where it starts with an ``Embedding``.  Keras layers take batch-first input whatever
-        ``batch_first`` the rnnkern layer has.  ``SimpleRNN`` and ``LSTM``
-        get one bias, ``bias_ih + bias_hh``.
+        a recurrent layer), where it starts with an ``Embedding``.  Keras
+        layers take batch-first input whatever ``batch_first`` the rnnkern
+        layer has.  ``SimpleRNN`` and ``LSTM`` get one bias, ``bias_ih +
+        bias_hh``.
 
     Raises
     ------

@@ -61,7 +61,8 @@ from ...validation import dtype_name
 from ..paths import PathSetting, PlanLog
 
 __all__ = ["PATHS", "SPLIT_MIN_STEP_FLOPS", "SPLIT_MIN_WEIGHT_BYTES", "SPLIT_MIN_STEPS",
-           "SPLIT_MIN_TRAINING_ROWS", "TRANSPOSE_MIN_STEPS", "MAX_WORKERS", "ONE_WORKER_MAX_BATCH", "Plan", "use_path",
+           "SPLIT_MIN_TRAINING_ROWS", "TRANSPOSE_MIN_STEPS", "MAX_WORKERS",
+           "ONE_WORKER_MAX_BATCH", "Plan", "use_path",
            "path_choice", "setting", "usable_cores", "other_threads_running", "policy",
            "plan_direction", "recent_paths"]
 
