@@ -46,6 +46,7 @@ def assert_close(actual, desired, dtype, what, *, summed=False):
         tolerance["atol"] = max(tolerance["atol"], tolerance["rtol"] * scale)
     np.testing.assert_allclose(np.asarray(actual), desired, **tolerance, err_msg=what)
 
+
 #: Every registry cell, for ``pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)``.
 ALL_CELLS = tuple(CELLS.values())
 CELL_IDS = tuple(CELLS)
