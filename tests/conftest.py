@@ -52,6 +52,26 @@ ALL_CELLS = tuple(CELLS.values())
 CELL_IDS = tuple(CELLS)
 
 
+class DoublingLayer:
+    """A layer of the user's own, ``y = 2x``: the methods ``training.Sequential`` asks for,
+    no ``__call__``, and no counterpart in torch or Keras."""
+
+    def forward(self, x):
+        return 2 * x, None
+
+    def backward(self, dy, tape):
+        return 2 * dy, {}
+
+    def parameters(self):
+        return {}
+
+    def load_state_dict(self, state_dict):
+        pass
+
+    def output_shape(self, input_shape):
+        return input_shape
+
+
 def make_layer(cell, *args, **kwargs):
     """The public layer computing ``cell`` (``rk.<cell.layer>`` with its options)."""
     return getattr(rk, cell.layer)(*args, **cell.layer_options, **kwargs)

@@ -21,7 +21,7 @@ if keras.backend.backend() != "torch":
                 allow_module_level=True)
 
 import rnnkern as rk                                         # noqa: E402
-from conftest import TOLERANCE, make_layer                   # noqa: E402
+from conftest import TOLERANCE, DoublingLayer, make_layer    # noqa: E402
 from rnnkern.interop import from_keras, to_keras            # noqa: E402
 from rnnkern.recurrent import RecurrentLayer                # noqa: E402
 from rnnkern.training import Dense, Embedding, LastTimestep, Sequential   # noqa: E402
@@ -301,28 +301,9 @@ def test_a_functional_model_or_another_object_is_a_type_error():
             from_keras(other)
 
 
-class _Doubling:
-    """A user's layer (y = 2x) that Sequential takes and Keras has no counterpart for."""
-
-    def parameters(self):
-        return {}
-
-    def load_state_dict(self, state_dict):
-        pass
-
-    def output_shape(self, input_shape):
-        return input_shape
-
-    def forward(self, x):
-        return 2 * x, None
-
-    def backward(self, dy, tape):
-        return 2 * dy, {}
-
-
 @pytest.mark.parametrize("model, error, match", [
-    (lambda: Sequential(_Doubling(), rk.LSTM(2, 3)), TypeError,
-     r"layers\[0\]: no Keras counterpart is known for .*_Doubling"),
+    (lambda: Sequential(DoublingLayer(), rk.LSTM(2, 3)), TypeError,
+     r"layers\[0\]: no Keras counterpart is known for .*DoublingLayer"),
     (lambda: Sequential(LastTimestep(), Dense(2, 1)), ValueError,
      r"layers\[0\]: LastTimestep converts to Keras only right after .* got it after nothing"),
     (lambda: Sequential(rk.GRU(2, 3, bidirectional=True), LastTimestep()), ValueError,

@@ -12,6 +12,7 @@ import pytest
 
 from rnnkern.devices import cuda_device_count
 import rnnkern as rk
+from conftest import DoublingLayer
 from rnnkern.training import (SGD, Adam, CheckpointError, Dense, Embedding, LastTimestep,
                               Sequential, batchify, bptt_chunks, clip_grad_norm, clip_grad_value,
                               evaluate_loss, generate, load_checkpoint, mean_squared_error,
@@ -285,25 +286,6 @@ def test_many_to_one_model_summary_and_gradients():
         np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-8, atol=1e-14)
 
 
-class _Doubling:
-    """A layer of the user's own: the Sequential protocol's methods, no ``__call__``."""
-
-    def forward(self, x):
-        return 2 * x, None
-
-    def backward(self, dy, tape):
-        return 2 * dy, {}
-
-    def parameters(self):
-        return {}
-
-    def load_state_dict(self, state_dict):
-        pass
-
-    def output_shape(self, input_shape):
-        return input_shape
-
-
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_inference_calls_are_forward_without_tapes(dropout):
     """``layer(x)`` and ``model(x, states)`` give what ``forward`` gives, keep no tape (the
@@ -314,7 +296,7 @@ def test_inference_calls_are_forward_without_tapes(dropout):
                rng.standard_normal((2, 3, 7)).astype("float32")), None]
     runs = []
     for _ in range(2):                      # twin models: the same dropout stream each
-        model = Sequential(Embedding(11, 5, seed=0), _Doubling(),
+        model = Sequential(Embedding(11, 5, seed=0), DoublingLayer(),
                            rk.LSTM(5, 7, num_layers=2, dropout=dropout, seed=1),
                            rk.GRU(7, 4, seed=2), Dense(4, 3, seed=3), LastTimestep())
         runs.append(model)
