@@ -153,6 +153,35 @@ class GenerationTime:
             ids = np.argmax(logits, axis=-1)
 
 
+class StackedBidirectionalTime:
+    """Wall time of a stacked bidirectional layer on NumPy arrays (``num_layers=2,
+    bidirectional=True`` at the CPU shapes): inference ``layer(x)`` and forward +
+    ``backward``.  Beside ``LayerTime`` (one layer-direction) it times what the layer does
+    around its four layer-directions: joining the directions' outputs, the second layer's
+    input of 2H features, the directions' slices of dy and the sum of their dx."""
+
+    params = [CELLS, DTYPES, SHAPES]
+    param_names = ["cell", "dtype", "shape"]
+    timeout = 300
+
+    def setup(self, cell, dtype, shape):
+        skip_unless_runnable("numpy", shape)
+        shape = parse_shape(shape)
+        self.layer = make_layer(cell, shape, dtype, "cpu", seed=0, num_layers=2,
+                                bidirectional=True)
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((shape.T, shape.B, shape.I)).astype(dtype)
+        self.dy = rng.standard_normal((shape.T, shape.B, 2 * shape.H)).astype(dtype)
+        self.time_forward_backward(cell, dtype, shape)          # compiles
+
+    def time_inference(self, cell, dtype, shape):
+        self.layer(self.x)
+
+    def time_forward_backward(self, cell, dtype, shape):
+        _, _, tape = self.layer.forward(self.x)
+        self.layer.backward(self.dy, tape)
+
+
 class SubnormalTime:
     """``LayerTime`` on NumPy arrays whose values are subnormal: x and dy scaled to 1/16
     of the smallest normal number, zero biases, so the gate pre-activations, h, c and

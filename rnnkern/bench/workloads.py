@@ -25,8 +25,9 @@ __all__ = ["make_layer", "seeded_case", "RnnkernWorkload", "TorchWorkload",
            "ReferenceWorkload", "synchronize_nothing"]
 
 
-def make_layer(cell, shape, dtype, device, seed):
-    """The rnnkern layer for ``cell`` (a registry name) with input and hidden size from ``shape``.
+def make_layer(cell, shape, dtype, device, seed, **options):
+    """The rnnkern layer for ``cell`` (a registry name) with input and hidden size from ``shape``;
+    ``options`` are further layer options (``num_layers``, ``bidirectional``, ...).
 
     Raises
     ------
@@ -34,7 +35,7 @@ def make_layer(cell, shape, dtype, device, seed):
         If ``cell`` is not in the registry.
     """
     entry = cell_for(cell)
-    return getattr(rnnkern, entry.layer)(shape.I, shape.H, **entry.layer_options,
+    return getattr(rnnkern, entry.layer)(shape.I, shape.H, **entry.layer_options, **options,
                                          dtype=dtype, device=device, seed=seed)
 
 
